@@ -66,7 +66,13 @@ def cache_dir(
     if create: path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/00_core.ipynb #469fdddb
+# %% ../nbs/00_core.ipynb #bb2ce524
+def _umask()->int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+# %% ../nbs/00_core.ipynb #60fc4e40
 @contextlib.contextmanager
 def atomic_path(
     path:str|Path, # the file to create or replace
@@ -78,6 +84,7 @@ def atomic_path(
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private (0600) files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
