@@ -65,13 +65,14 @@ def measure(
     if status != "ok": raise RuntimeError(f"benchmarked function failed in the child process:\n{secs}")
     return dict(seconds=secs, peak_mb=peak, result=out)
 
-# %% ../nbs/09_bench.ipynb #07a1f8fc
+# %% ../nbs/09_bench.ipynb #a7781d4e
 BENCHMARKS = {
     "simulate": "igtcga.simulation:benchmark",
     "graph": "igtcga.graph:benchmark",
     "epoch": "igtcga.training:benchmark",
     "attribution": "igtcga.attribution:benchmark",
     "metrics": "igtcga.metrics:benchmark",
+    "tcga": "igtcga.tcga:benchmark",
 }
 
 # %% ../nbs/09_bench.ipynb #b70303eb
@@ -102,10 +103,10 @@ def run_benchmarks(
         rows.extend(bench(quick=quick))
     return pd.DataFrame(rows)
 
-# %% ../nbs/09_bench.ipynb #082fc24d
+# %% ../nbs/09_bench.ipynb #c3c82511
 @call_parse
 def bench_cli(
-    *names:str, # benchmarks to run: simulate, graph, epoch, attribution, metrics (default: all)
+    *names:str, # benchmarks to run: simulate, graph, epoch, attribution, metrics, tcga (default: all)
     quick:store_true=False, # the short version, about a minute in all
     csv:str=None, # also write the table to this CSV file
 ):
