@@ -128,7 +128,7 @@ def _clean_uns(d):
     if isinstance(d, np.generic): return d.item()
     return d
 
-# %% ../nbs/02_data.ipynb #f26b8ffd
+# %% ../nbs/02_data.ipynb #ff79966a
 def _to_anndata(self:ExprData):
     "This dataset as an `anndata.AnnData` following igtcga's file contract."
     import anndata, pandas as pd
@@ -136,7 +136,8 @@ def _to_anndata(self:ExprData):
     obs["class"] = pd.Categorical.from_codes(self.y, categories=self.classes)
     if self.subclass is not None: obs["subclass"] = pd.Categorical.from_codes(self.subclass, categories=self.subclasses)
     var = pd.DataFrame(index=pd.Index(self.genes, name="gene"))
-    uns = {"meta": _clean_uns(self.meta)} if self.meta else {}
+    rest = {k: v for k, v in self.meta.items() if k != "simulation"}  # the simulation gets its own key, stored once
+    uns = {"meta": _clean_uns(rest)} if rest else {}
     if "simulation" in self.meta: uns["simulation"] = _clean_uns(self.meta["simulation"])
     if self.truth is not None:
         names = self.subclasses if self.subclass is not None else self.classes
