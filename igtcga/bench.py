@@ -45,22 +45,35 @@ def _child(fn, args, kwargs, conn):
     finally:
         conn.close()
 
-# %% ../nbs/09_bench.ipynb #65e59db2
+# %% ../nbs/09_bench.ipynb #a81f9586
+def _start_method(fn, args, kwargs)->str|None:
+    "'spawn' when the call can be pickled (a fresh interpreter: safe after PyTorch or CUDA used threads), else 'fork'."
+    import pickle
+    try:
+        pickle.dumps((fn, args, kwargs))
+        return "spawn"
+    except Exception:
+        return "fork" if "fork" in mp.get_all_start_methods() else None
+
+# %% ../nbs/09_bench.ipynb #09fdd86e
 def measure(
-    fn, # the callable to time
+    fn, # the callable to time (a module-level function is run in a fresh process; a lambda in a forked one)
     *args,
-    isolate:bool=True, # run in a forked child process to measure its own peak memory
+    isolate:bool=True, # run in a child process to measure its own peak memory
     **kwargs,
 )->dict: # `seconds`, `peak_mb` and `result` (when small: a dict or a number)
     "Wall time and peak memory of `fn(*args, **kwargs)`."
-    if not isolate or "fork" not in mp.get_all_start_methods():
+    method = _start_method(fn, args, kwargs) if isolate else None
+    if method is None:
         t0 = time.perf_counter(); out = fn(*args, **kwargs)
         return dict(seconds=time.perf_counter() - t0, peak_mb=float("nan"), result=out)
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context(method)
     parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child, args=(fn, args, kwargs, child))
+    from igtcga import bench  # a spawned child imports the target by module name, so use the installed module's
+    p = ctx.Process(target=bench._child if method == "spawn" else _child, args=(fn, args, kwargs, child))
     p.start(); child.close()
-    status, secs, peak, out = parent.recv()
+    try: status, secs, peak, out = parent.recv()
+    except EOFError: status, secs = "error", f"the child process died (exit code {p.join() or p.exitcode})"
     p.join()
     if status != "ok": raise RuntimeError(f"benchmarked function failed in the child process:\n{secs}")
     return dict(seconds=secs, peak_mb=peak, result=out)
