@@ -1,0 +1,672 @@
+"""Tests of igtcga.metrics: the exact prediction-gap path against the slow oracle and against a naive implementation of
+the definition, aggregation rules, feature agreement, AUCs, curves, ranking stability, sanity checks and bad input."""
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.stats import kendalltau, spearmanr
+from torch import nn
+
+from igtcga.metrics import (AttributionAUC, FeatureAgreement, PredictionGap, accuracy_curves, attribution_similarity,
+                            class_gene_scores, diffuse, feature_agreements, feature_order, gene_grid, gene_ranks,
+                            gene_scores, informative_genes, label_permutation_test, linear_parts,
+                            parameter_randomisation_test, pg_exact, pg_points, pg_samples, pg_slow, plot_curves,
+                            plot_stability_heatmap, prediction_gaps, rank_correlations, ranking_stability, topk_overlap,
+                            unit_rows)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    "Small tensors: one thread is faster and immune to contention with other processes."
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# models built here (independent of igtcga.models)
+
+def random_bn(H, gen):
+    bn = nn.BatchNorm1d(H)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(H, generator=gen))
+        bn.running_var.copy_(torch.rand(H, generator=gen) * 1.5 + 0.5)
+        bn.weight.copy_(torch.randn(H, generator=gen))
+        bn.bias.copy_(torch.randn(H, generator=gen))
+    return bn
+
+
+def lr_like(G, C, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Dropout(0.2), nn.Linear(G, C)).double().eval()
+
+
+def mlp_like(G, C, H=7, seed=0):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    return nn.Sequential(nn.Linear(G, H), random_bn(H, gen), nn.ReLU(), nn.Linear(H, C)).double().eval()
+
+
+class DiffusedMLP(nn.Module):
+    "x -> x Â -> Linear -> BN -> ReLU -> Linear, with a sparse symmetric Â (the exact path needs W Â)."
+    def __init__(self, A_hat, C, H=5, seed=0):
+        super().__init__()
+        self.register_buffer("A", torch.as_tensor(A_hat.toarray()))
+        self.mlp = mlp_like(A_hat.shape[0], C, H, seed)
+
+    def forward(self, x): return self.mlp(x @ self.A)
+
+
+def random_operator(G, seed=0):
+    rng = np.random.default_rng(seed)
+    A = sp.random(G, G, density=0.15, random_state=seed, data_rvs=lambda k: rng.uniform(0.5, 1, k))
+    A = ((A + A.T) / 2).tocsr()
+    A.setdiag(0)
+    A = A + sp.identity(G)
+    d = 1 / np.sqrt(np.asarray(A.sum(1)).ravel())
+    return (sp.diags(d) @ A @ sp.diags(d)).tocsr()
+
+
+def data(n, G, C, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, G, generator=g, dtype=torch.float64), torch.randint(0, C, (n,), generator=g),
+            torch.randn(G, generator=g, dtype=torch.float64))
+
+
+def orderings(n, G, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(G, generator=g), torch.argsort(torch.rand(n, G, generator=g), 1)]
+
+
+def naive_pg(model, x, y, b, order, gap, tail="drop"):
+    "The definition of spec §8.1 written out with Python loops over points and genes, for one sample."
+    G = len(x)
+    with torch.no_grad():
+        p0 = torch.softmax(model(x[None]), -1)[0, y].item()
+        total, replaced = 0.0, 0
+        n_points = G // gap + (1 if tail == "include" and G % gap else 0)
+        for i in range(1, n_points + 1):
+            upto = min(i * gap, G)
+            xi = x.clone()
+            for j in range(upto): xi[order[j]] = b[order[j]]
+            p = torch.softmax(model(xi[None]), -1)[0, y].item()
+            total += (upto - replaced) / G * max(p0 - p, 0.0)
+            replaced = upto
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# prediction gaps: exact == oracle == definition
+
+def test_pg_points_widths():
+    ends, widths = pg_points(23, 5)
+    assert ends.tolist() == [5, 10, 15, 20] and widths.tolist() == [5] * 4
+    ends, widths = pg_points(23, 5, "include")
+    assert ends.tolist() == [5, 10, 15, 20, 23] and widths.sum() == 23
+
+
+@pytest.mark.parametrize("gap,tail", [(1, "drop"), (4, "drop"), (4, "include"), (7, "include"), (23, "drop")])
+def test_slow_oracle_matches_the_definition(gap, tail):
+    G, C, n = 23, 3, 3
+    model = mlp_like(G, C)
+    X, y, b = data(n, G, C)
+    for order in orderings(n, G):
+        got = pg_slow(model, X, y, b, order, gap, tail)
+        rows = order if order.ndim == 2 else order.expand(n, -1)
+        want = [naive_pg(model, X[i], int(y[i]), b, rows[i].tolist(), gap, tail) for i in range(n)]
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lr_like, mlp_like], ids=["LR-like", "MLP-like"])
+@pytest.mark.parametrize("gap,tail", [(1, "drop"), (3, "drop"), (3, "include"), (10, "drop"), (10, "include"), (41, "drop")])
+def test_exact_equals_oracle(make, gap, tail):
+    G, C, n = 41, 4, 6
+    model = make(G, C)
+    X, y, b = data(n, G, C, seed=gap)
+    W, c, head = linear_parts(model)
+    for order in orderings(n, G, seed=gap):
+        fast = pg_exact(W, c, head, X, y, b, order, gap, tail)
+        slow = pg_slow(model, X, y, b, order, gap, tail)
+        np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=0, atol=1e-12)
+        curves_fast = pg_exact(W, c, head, X, y, b, order, gap, tail, curves=True)
+        curves_slow = pg_slow(model, X, y, b, order, gap, tail, curves=True)
+        np.testing.assert_allclose(curves_fast.numpy(), curves_slow.numpy(), rtol=0, atol=1e-12)
+
+
+def test_exact_small_chunks_give_the_same_numbers():
+    G, C, n = 30, 3, 9
+    model = mlp_like(G, C)
+    X, y, b = data(n, G, C)
+    W, c, head = linear_parts(model)
+    for order in orderings(n, G):
+        big = pg_exact(W, c, head, X, y, b, order, 4, "include")
+        tiny = pg_exact(W, c, head, X, y, b, order, 4, "include", max_elements=1)  # one sample per chunk
+        np.testing.assert_allclose(big.numpy(), tiny.numpy(), rtol=0, atol=1e-13)
+
+
+def test_slow_oracle_chunking_does_not_change_numbers():
+    G, C, n = 23, 3, 4
+    model = mlp_like(G, C)
+    X, y, b = data(n, G, C)
+    for order in orderings(n, G):
+        whole = pg_slow(model, X, y, b, order, 2, "include")
+        for max_elements in (1, G * 5, G * 40):  # one point, several points, several samples per forward pass
+            np.testing.assert_allclose(pg_slow(model, X, y, b, order, 2, "include", max_elements=max_elements).numpy(),
+                                       whole.numpy(), rtol=0, atol=1e-13)
+
+
+def test_exact_diffused_model_uses_W_times_A_hat():
+    G, C, n = 25, 3, 5
+    A_hat = random_operator(G)
+    model = DiffusedMLP(A_hat, C).double().eval()
+    X, y, b = data(n, G, C)
+    lin = model.mlp[0]
+    W_eff = lin.weight @ torch.as_tensor(A_hat.T.toarray())  # x Â Wᵀ = x (W Âᵀ)ᵀ
+    for order in orderings(n, G):
+        fast = pg_exact(W_eff, lin.bias, model.mlp[1:], X, y, b, order, 4, "include")
+        np.testing.assert_allclose(fast.numpy(), pg_slow(model, X, y, b, order, 4, "include").numpy(), atol=1e-12)
+    assert linear_parts(model) is None  # not a recognised architecture: the metrics fall back to the slow path
+    np.testing.assert_allclose(pg_samples(model, X, y, b, orderings(n, G)[0], 4).numpy(),
+                               pg_slow(model, X, y, b, orderings(n, G)[0], 4).numpy())
+
+
+@pytest.mark.parametrize("name", ["LR", "MLP", "DiffuseLR", "DiffuseMLP"])
+def test_igtcga_models_dispatch_to_the_exact_path(name):
+    models = pytest.importorskip("igtcga.models")
+    G, C, n = 33, 4, 5
+    torch.manual_seed(1)
+    if name.startswith("Diffuse"): model = getattr(models, name)(random_operator(G, 3), C)
+    else: model = getattr(models, name)(G, C)
+    if hasattr(model, "bn"):
+        with torch.no_grad(): model.bn.running_var.uniform_(0.5, 2); model.bn.running_mean.normal_()
+    model.eval()
+    assert linear_parts(model) is not None
+    X, y, b = (t.float() if t.is_floating_point() else t for t in data(n, G, C, seed=2))
+    for order in orderings(n, G, seed=3):
+        fast = pg_samples(model, X, y, b, order, 5, "include", method="exact")
+        slow = pg_samples(model, X, y, b, order, 5, "include", method="slow")
+        np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=0, atol=2e-5)  # float32 models
+
+
+def test_exact_path_restores_training_mode():
+    model = mlp_like(12, 3).train()
+    X, y, b = data(4, 12, 3)
+    pg_samples(model, X, y, b, torch.arange(12), 3)
+    assert model.training and model[1].training
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# prediction-gap metrics: orderings and aggregation
+
+def small_problem(seed=0, per_class=13, G=20, C=3):
+    "A random MLP whose output bias is centred so that it predicts every class; 13 samples predicted per class."
+    model = mlp_like(G, C, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.randn(600, G, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        model[-1].bias -= model(pool).mean(0)
+        pred = model(pool).argmax(1).numpy()
+    rows = np.concatenate([np.flatnonzero(pred == c)[:per_class] for c in range(C)])
+    assert len(rows) == C * per_class
+    X, y = pool[rows], pred[rows].copy()
+    y[[0, 1, per_class]] = (y[[0, 1, per_class]] + 1) % C  # three misclassified samples
+    A = np.random.default_rng(seed).standard_normal((len(rows), G))
+    b = torch.randn(G, generator=g, dtype=torch.float64)
+    return model, X, y, A, b
+
+
+def test_prediction_gaps_exact_equals_slow_and_is_deterministic():
+    model, X, y, A, b = small_problem()
+    fast = prediction_gaps(model, X, y, A, b, gap=3, n_random=4, seed=5, adjusted=True)
+    slow = prediction_gaps(model, X, y, A, b, gap=3, n_random=4, seed=5, adjusted=True, method="slow")
+    assert fast.keys() == slow.keys() == {"PGU_local", "PGI_local", "PGU_global", "PGI_global", "PGR",
+                                          "PGU_local_adjusted", "PGU_global_adjusted"}
+    for k in fast: assert fast[k] == pytest.approx(slow[k], abs=1e-9)
+    assert prediction_gaps(model, X, y, A, b, gap=3, n_random=4, seed=5, adjusted=True) == fast
+
+
+def test_local_pg_aggregates_correct_samples_per_class_then_macro():
+    model, X, y, A, b = small_problem()
+    unit = A / np.linalg.norm(A, axis=1, keepdims=True)
+    with torch.no_grad(): pred = model(X).argmax(1).numpy()
+    ok = pred == y
+    per_sample = pg_samples(model, X[ok], torch.as_tensor(y[ok]), b, feature_order(unit[ok], "important"), 3).numpy()
+    want = 100 * np.mean([per_sample[y[ok] == c].mean() for c in np.unique(y[ok])])
+    assert PredictionGap("local", "important", gap=3)(model, X, y, A, b) == pytest.approx(want, abs=1e-10)
+    table = PredictionGap("local", "important", gap=3).evaluate(model, X, y, A, b)
+    assert table.n_correct.sum() == ok.sum() and table.n_samples.sum() == len(y)
+
+
+def test_global_ordering_sums_all_studied_samples_including_misclassified():
+    model, X, y, A, b = small_problem()
+    unit = A / np.linalg.norm(A, axis=1, keepdims=True)
+    with torch.no_grad(): ok = model(X).argmax(1).numpy() == y
+    for samples, rows in (("all", np.ones(len(y), bool)), ("correct", ok)):
+        order = feature_order(unit[rows].sum(0), "unimportant")
+        per_sample = pg_samples(model, X[ok], torch.as_tensor(y[ok]), b, order, 3).numpy()
+        want = 100 * np.mean([per_sample[y[ok] == c].mean() for c in np.unique(y[ok])])
+        got = PredictionGap("global", "unimportant", gap=3, global_samples=samples)(model, X, y, A, b)
+        assert got == pytest.approx(want, abs=1e-10)
+
+
+def test_global_per_class_ordering():
+    model, X, y, A, b = small_problem()
+    unit = A / np.linalg.norm(A, axis=1, keepdims=True)
+    with torch.no_grad(): ok = model(X).argmax(1).numpy() == y
+    per_class = {c: feature_order(unit[y == c].sum(0), "important") for c in np.unique(y)}
+    order = torch.stack([per_class[c] for c in y[ok]])
+    per_sample = pg_samples(model, X[ok], torch.as_tensor(y[ok]), b, order, 3).numpy()
+    want = 100 * np.mean([per_sample[y[ok] == c].mean() for c in np.unique(y[ok])])
+    assert PredictionGap("global", global_by="class", gap=3)(model, X, y, A, b) == pytest.approx(want, abs=1e-10)
+
+
+def test_pgr_is_seeded_and_averages_its_orderings():
+    model, X, y, A, b = small_problem()
+    one = [PredictionGap("random", n_random=1, seed=s, gap=3) for s in range(3)]
+    assert one[0](model, X, y, None, b) == one[0](model, X, y, None, b)
+    assert one[0](model, X, y, None, b) != one[1](model, X, y, None, b)
+    rng = np.random.default_rng(7)
+    perms = [rng.permutation(20) for _ in range(3)]
+    with torch.no_grad(): ok = model(X).argmax(1).numpy() == y
+    macro = []
+    for p in perms:
+        ps = pg_samples(model, X[ok], torch.as_tensor(y[ok]), b, torch.as_tensor(p), 3).numpy()
+        macro.append(100 * np.mean([ps[y[ok] == c].mean() for c in np.unique(y[ok])]))
+    assert PredictionGap("random", n_random=3, seed=7, gap=3)(model, X, y, None, b) == pytest.approx(np.mean(macro), abs=1e-10)
+
+
+def test_perfect_and_adversarial_orderings_known_answers():
+    "Class c is decided by gene c alone; a sample of class c has x_c = 1 and zeros elsewhere (baseline 0)."
+    G, C = 8, 4
+    lin = nn.Linear(G, C)
+    with torch.no_grad():
+        lin.weight.zero_(); lin.bias.zero_()
+        for c in range(C): lin.weight[c, c] = 6.0
+    X = torch.eye(G)[[0, 1, 2, 3] * 3]
+    y = np.array([0, 1, 2, 3] * 3)
+    p_own = math.exp(6) / (math.exp(6) + C - 1)
+    perfect = X.numpy() + 1e-3 * np.arange(G)
+    assert PredictionGap("local", gap=2)(lin, X, y, perfect) == pytest.approx(100 * (p_own - 1 / C), rel=1e-6)
+    assert PredictionGap("local", "unimportant", gap=2)(lin, X, y, perfect) == pytest.approx(100 * (p_own - 1 / C) * 2 / G, rel=1e-6)
+    assert PredictionGap("local", gap=2)(lin, X, y, -perfect) == pytest.approx(100 * (p_own - 1 / C) * 2 / G, rel=1e-6)
+    # gap 3: the last G mod 3 = 2 genes are never replaced unless tail="include"
+    assert PredictionGap("local", "unimportant", gap=3)(lin, X, y, perfect) == 0
+    assert PredictionGap("local", "unimportant", gap=3, tail="include")(lin, X, y, perfect) == pytest.approx(
+        100 * (p_own - 1 / C) * 2 / G, rel=1e-6)
+
+
+def test_adjusted_pg_divides_by_one_minus_baseline_probability():
+    model, X, y, A, b = small_problem()
+    table = PredictionGap("local", "unimportant", gap=3).evaluate(model, X, y, A, b)
+    with torch.no_grad(): p_b = torch.softmax(model(b[None]), -1)[0].numpy()
+    np.testing.assert_allclose(table.p_baseline, p_b[table["class"]])
+    np.testing.assert_allclose(table.pg_adjusted, table.pg / (1 - table.p_baseline))
+    got = PredictionGap("local", "unimportant", gap=3, adjusted=True)(model, X, y, A, b)
+    assert got == pytest.approx(table.pg_adjusted.mean())
+
+
+def test_studied_classes_and_a_class_without_correct_samples():
+    model, X, y, A, b = small_problem()
+    with torch.no_grad(): pred = model(X).argmax(1).numpy()
+    c0 = int(np.bincount(y).argmax())
+    only = PredictionGap("local", gap=3).evaluate(model, X, y, A, b, classes=[c0])
+    assert only["class"].tolist() == [c0] and only.n_samples.item() == (y == c0).sum()
+    y_bad = y.copy()
+    y_bad[y_bad == c0] = (pred[y_bad == c0] + 1) % 3  # every sample of class c0 now misclassified
+    studied = sorted(set(y_bad.tolist()))
+    with pytest.warns(UserWarning, match="no correctly classified"):
+        value = PredictionGap("local", gap=3)(model, X, y_bad, A, b, classes=studied)
+    assert np.isfinite(value)
+
+
+def test_prediction_gap_bad_input():
+    model, X, y, A, b = small_problem()
+    with pytest.raises(ValueError, match="order must be one of"): PredictionGap("best")
+    with pytest.raises(ValueError, match="gap must be a positive integer"): PredictionGap(gap=0)
+    with pytest.raises(ValueError, match="needs attributions"): PredictionGap("local")(model, X, y, None, b)
+    with pytest.raises(ValueError, match="attributions have shape"): PredictionGap()(model, X, y, A[:, :5], b)
+    with pytest.raises(ValueError, match="baseline must have one value per gene"): PredictionGap()(model, X, y, A, b[:3])
+    with pytest.raises(ValueError, match="targets must be in"): PredictionGap()(model, X, y + 10, A, b)
+    with pytest.raises(ValueError, match="targets must be integer"): PredictionGap()(model, X, y.astype(float), A, b)
+    with pytest.raises(ValueError, match="NaN"): PredictionGap()(model, X, y, np.full_like(A, np.nan), b)
+    with pytest.raises(ValueError, match="studied classes"): PredictionGap()(model, X, y, A, b, classes=[7])
+    with pytest.raises(TypeError, match="torch.nn.Module"): PredictionGap()(lambda x: x, X, y, A, b)
+    with pytest.raises(ValueError, match="permutation"): pg_slow(model, X, y, b, torch.zeros(20, dtype=torch.long))
+    with pytest.raises(ValueError, match="permutation"): pg_slow(model, X, y, b, torch.arange(19))
+    with pytest.raises(ValueError, match="integer gene indices"): pg_slow(model, X, y, b, torch.arange(20.))
+    with pytest.raises(ValueError, match="gap must be an integer"): pg_points(20, 21)
+    with pytest.raises(ValueError, match="no linear first layer"):
+        pg_samples(nn.Sequential(nn.ReLU(), nn.Linear(20, 3)).double(), X, y, b, torch.arange(20), method="exact")
+    W, c, head = linear_parts(model)
+    with pytest.raises(ValueError, match="columns but the inputs have"): pg_exact(W[:, :5], c, head, X, y, b, torch.arange(20))
+
+
+def test_attributions_object_with_scores_is_accepted():
+    model, X, y, A, b = small_problem()
+
+    class Attributions:  # stands in for igtcga.attribution's result object
+        scores = A
+    assert PredictionGap(gap=3)(model, X, y, Attributions(), b) == PredictionGap(gap=3)(model, X, y, A, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# feature agreement and AUCs
+
+def test_unit_rows_and_diffuse():
+    a = np.array([[3., 4., 0.], [0., 0., 0.]])
+    np.testing.assert_allclose(unit_rows(a), [[.6, .8, 0], [0, 0, 0]])
+    A_hat = random_operator(3, 1)
+    np.testing.assert_allclose(diffuse(a, A_hat), a @ A_hat.toarray())
+    np.testing.assert_allclose(diffuse(a, A_hat.toarray()), a @ A_hat.toarray())
+    np.testing.assert_allclose(diffuse(torch.as_tensor(a), torch.as_tensor(A_hat.toarray()).to_sparse()), a @ A_hat.toarray())
+
+    class Graph:
+        diffusion = A_hat
+    np.testing.assert_allclose(diffuse(a, Graph()), a @ A_hat.toarray())
+    with pytest.raises(ValueError, match="must be square"): diffuse(a, np.ones((3, 2)))
+    with pytest.raises(ValueError, match="have 3 genes"): diffuse(a, np.eye(4))
+
+
+def fa_case(seed=0, n_per=30, G=40, k=5):
+    rng = np.random.default_rng(seed)
+    truth = {g: np.arange(g * k, (g + 1) * k) for g in range(3)}
+    groups = np.repeat(np.arange(3), n_per)
+    member = np.zeros((len(groups), G))
+    for i, g in enumerate(groups): member[i, truth[g]] = 1
+    return truth, groups, member, rng.random((len(groups), G))
+
+
+def naive_local_fa(A, groups, informative, correct):
+    per_group = []
+    for g in sorted(set(groups[correct]) & set(informative)):
+        k = len(informative[g])
+        hits = [len(set(np.argsort(-A[i] / np.linalg.norm(A[i]), kind="stable")[:k].tolist()) & set(informative[g].tolist()))
+                for i in np.flatnonzero(correct & (groups == g))]
+        per_group.append(sum(hits) / (len(hits) * k))
+    return 100 * np.mean(per_group)
+
+
+def test_fa_known_answers_and_independent_cross_check():
+    truth, groups, member, noise = fa_case()
+    for scope in ("local", "global"):
+        assert FeatureAgreement(scope)(member + 0.1 * noise, groups, truth) == 100
+        assert FeatureAgreement(scope)(-member + 0.1 * noise, groups, truth) == 0
+    mixed = member * np.random.default_rng(1).random(member.shape) + noise
+    correct = np.random.default_rng(2).random(len(groups)) > 0.3
+    assert FeatureAgreement("local")(mixed, groups, truth, correct) == pytest.approx(naive_local_fa(mixed, groups, truth, correct))
+    many = np.random.default_rng(3).random((3000, 40))
+    assert FeatureAgreement("local")(many, np.repeat(np.arange(3), 1000), truth) == pytest.approx(100 * 5 / 40, abs=1.0)
+
+
+def test_global_fa_rules_on_a_hand_built_case():
+    # 3 samples of one group, informative genes {0, 1}. Raw sums (2, 1.8, 10, -0.003) rank genes 2 and 0 first, while
+    # the samples' top-2 lists are {0, 1}, {0, 1}, {2, 0}: rank_mean_scores finds 1 of 2, intersect_rank_scores 2 of 2.
+    A = np.array([[1., .9, 0., 0.], [1., .9, 0., 0.], [0., 0., 10., 0.]])
+    A = A + np.array([0, 0, 0, -1e-3])  # gene 3 below the zeros of the third sample
+    g, truth = np.zeros(3, int), {0: np.array([0, 1])}
+    assert FeatureAgreement("global", normalize=False)(A, g, truth) == 50
+    assert FeatureAgreement("global", "intersect_rank_scores", normalize=False)(A, g, truth) == 100
+    # normalisation changes rank_mean_scores: every sample then weighs the same
+    assert FeatureAgreement("global")(A, g, truth) == 100
+
+
+def test_informative_genes_rules_and_exprdata():
+    own = {0: [0, 1], 1: [2], 2: [3, 4]}
+    assert {k: v.tolist() for k, v in informative_genes(own).items()} == {0: [0, 1], 1: [2], 2: [3, 4]}
+    two = informative_genes({0: [0, 1], 1: [2]})
+    assert two[0].tolist() == two[1].tolist() == [0, 1, 2]
+    assert informative_genes({0: [0, 1], 1: [2]}, rule="own")[0].tolist() == [0, 1]
+    data_mod = pytest.importorskip("igtcga.data")
+    # SimuC-like: subclasses 0..2 are class 0, subclass 3 is class 1
+    sub = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    d = data_mod.ExprData(np.ones((8, 10)), (sub == 3).astype(int), ["tumour", "normal"], [f"g{i}" for i in range(10)],
+                          truth={0: [0, 1], 1: [2, 3], 2: [4, 5], 3: [8, 9]}, subclass=sub)
+    inf = informative_genes(d)
+    assert inf[1].tolist() == [2, 3, 8, 9] and inf[3].tolist() == [0, 1, 2, 3, 4, 5, 8, 9]
+    # a subset without subclass 3 still knows its class from the simulation's regroup map
+    d.meta = {"simulation": {"regroup": np.array([0, 0, 0, 1])}}
+    assert informative_genes(d.subset(sub != 3))[1].tolist() == [2, 3, 8, 9]
+    with pytest.raises(KeyError, match="does not give the class"): informative_genes({0: [1], 5: [2]}, group_class={0: 0})
+    with pytest.raises(ValueError, match="rule must be"): informative_genes(own, rule="all")
+
+
+def test_feature_agreements_on_exprdata_studies_subclasses_of_the_studied_class():
+    data_mod = pytest.importorskip("igtcga.data")
+    rng = np.random.default_rng(0)
+    sub = np.repeat([0, 1, 2], 20)
+    truth = {0: [0, 1, 2], 1: [3, 4, 5], 2: [6, 7, 8]}
+    d = data_mod.ExprData(rng.random((60, 12)), (sub == 2).astype(int), ["a", "b"], [f"g{i}" for i in range(12)],
+                          truth=truth, subclass=sub)
+    inf = informative_genes(d)
+    perfect = np.zeros((60, 12))
+    for i, s in enumerate(sub): perfect[i, inf[s]] = 1
+    perfect += 0.01 * rng.random((60, 12))
+    out = feature_agreements(perfect, d, classes=[0], diffusion=np.eye(12), auc=True)
+    assert out["FA_local"] == out["FA_global"] == out["FA_local_diffused"] == 100
+    assert out["AUROC_local"] == out["AUPRC_global"] == 100
+    # only subclasses 0 and 1 are studied: a wrong attribution for subclass 2 does not matter
+    wrong = perfect.copy(); wrong[sub == 2] = -wrong[sub == 2]
+    assert feature_agreements(wrong, d, classes=[0])["FA_local"] == 100
+    assert feature_agreements(wrong, d)["FA_local"] < 100
+    with pytest.raises(ValueError, match="attributions have shape"): feature_agreements(perfect[:, :5], d)
+
+
+def test_auc_against_sklearn_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    truth, groups, member, noise = fa_case(n_per=4)
+    A = np.round(member * noise + noise, 1)  # heavy ties
+    for curve, ref in (("roc", roc_auc_score), ("pr", average_precision_score)):
+        t = AttributionAUC(curve, normalize=False).evaluate(A, groups, truth)
+        want = [np.mean([ref(member[i].astype(bool), A[i]) for i in np.flatnonzero(groups == g)]) for g in range(3)]
+        np.testing.assert_allclose(t.auc, 100 * np.array(want), atol=1e-10)
+        tg = AttributionAUC(curve, "global", normalize=False).evaluate(A, groups, truth)
+        want = [ref(member[groups == g][0].astype(bool), A[groups == g].sum(0)) for g in range(3)]
+        np.testing.assert_allclose(tg.auc, 100 * np.array(want), atol=1e-10)
+    assert AttributionAUC()(member + 0.1 * noise, groups, truth) == 100
+    assert AttributionAUC()(-member + 0.1 * noise, groups, truth) == 0
+
+
+def test_fa_bad_input():
+    truth, groups, member, noise = fa_case()
+    with pytest.raises(ValueError, match="scope must be one of"): FeatureAgreement("sample")
+    with pytest.raises(ValueError, match="rule must be one of"): FeatureAgreement("global", "vote")
+    with pytest.raises(ValueError, match="groups has"): FeatureAgreement()(noise, groups[:5], truth)
+    with pytest.raises(ValueError, match="correct must be a boolean mask"): FeatureAgreement()(noise, groups, truth, correct=np.ones(3))
+    with pytest.raises(KeyError, match="no informative genes"): FeatureAgreement()(noise, groups, {0: [1]}, studied=[0, 1])
+    with pytest.raises(ValueError, match="non-empty strict subset"): FeatureAgreement()(noise, groups, {0: [], 1: [1], 2: [2]})
+    with pytest.raises(ValueError, match="2-D"): FeatureAgreement()(noise[0], groups, truth)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# curves
+
+def one_gene_per_class(G=8, C=4):
+    lin = nn.Linear(G, C)
+    with torch.no_grad():
+        lin.weight.zero_(); lin.bias.zero_()
+        for c in range(C): lin.weight[c, c] = 5.0
+    X = torch.eye(G)[list(range(C)) * 5]
+    y = np.array(list(range(C)) * 5)
+    return lin, X, y, X.numpy() + 1e-3 * np.arange(G)
+
+
+def test_curves_known_answers():
+    lin, X, y, perfect = one_gene_per_class()
+    t = accuracy_curves(lin, X, y, perfect, k_class=[1, 2], k_global=[1, 2, 4, 8], n_random=400, seed=0)
+    at = lambda c, k: t.query("curve == @c and k == @k")
+    assert at("top per class", 1).balanced_accuracy.item() == 100 and at("top per class", 1).n_kept.item() == 4
+    assert at("bottom per class", 1).n_kept.item() == 4 and at("bottom per class", 1).balanced_accuracy.item() == 25
+    assert at("top overall", 4).balanced_accuracy.item() == 100
+    assert at("bottom overall", 4).balanced_accuracy.item() == pytest.approx(25)
+    assert at("top overall", 8).balanced_accuracy.item() == 100
+    # random k genes: class 0 is always right (ties resolve to 0); class c > 0 is right when gene c is kept (prob k/G)
+    for k in (1, 2, 4):
+        assert at("random", k).balanced_accuracy.mean() == pytest.approx(100 * (1 + 3 * k / 8) / 4, abs=3)
+        assert len(at("random", k)) == 400
+    # outside the union of the per-class top k (genes 0..3 and the next-ranked ones): only class 0 is right. With
+    # k = 4 the union has 7 genes, leaving fewer than 4 outside, so k = 4 is not a valid point
+    assert set(t.query("curve == 'random outside top'").k) == {1, 2}
+    assert (t.query("curve == 'random outside top'").balanced_accuracy == 25).all()
+    # attributions on the own gene only: ties rank genes 0..3 first for every class, the union of the top 4 is {0..3},
+    # and k = 4 = G/2 is the last valid point, which the reference dropped (spec §12, B14)
+    t2 = accuracy_curves(lin, X, y, X.numpy(), curves=["random outside top"], k_global=[1, 2, 4, 5], n_random=5)
+    assert set(t2.k) == {1, 2, 4} and (t2.balanced_accuracy == 25).all()
+    assert set(t.columns) == {"curve", "k", "n_kept", "draw", "balanced_accuracy", "accuracy"}
+
+
+def test_curves_use_only_correct_samples_and_masks_are_right():
+    lin, X, y, perfect = one_gene_per_class()
+    y_wrong = y.copy(); y_wrong[:2] = (y[:2] + 1) % 4
+    t = accuracy_curves(lin, X, y_wrong, perfect, curves=["top overall"], k_global=[8])
+    assert t.balanced_accuracy.item() == 100  # all genes kept: every correctly classified sample stays correct
+    t2 = accuracy_curves(lin, X, y_wrong, perfect, curves=["top overall"], k_global=[8], only_correct=False)
+    assert t2.accuracy.item() == pytest.approx(100 * 18 / 20)
+
+
+def test_gene_grid_scores_and_ranks():
+    assert gene_grid(15000).tolist()[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 30]
+    assert gene_grid(15000).max() == 14900 and gene_grid(15000, "class")[27:29].tolist() == [190, 200]
+    A = np.array([[1., -3., 0.], [1., 1., 0.], [-2., 0., 1.]])
+    y = np.array([0, 0, 1])
+    u = A / np.linalg.norm(A, axis=1, keepdims=True)
+    classes, per = class_gene_scores(A, y)
+    assert classes == [0, 1]
+    np.testing.assert_allclose(per, np.abs([u[:2].mean(0), u[2]]))
+    np.testing.assert_allclose(gene_scores(A, y), (np.abs(u[:2]).mean(0) + np.abs(u[2])) / 2)
+    np.testing.assert_allclose(gene_scores(A, how="sum"), u.sum(0))
+    assert gene_ranks([3., 1., 2.]).tolist() == [0, 2, 1]
+    with pytest.raises(ValueError, match="needs the targets"): gene_scores(A)
+
+
+def test_curves_bad_input_and_figure():
+    lin, X, y, perfect = one_gene_per_class()
+    with pytest.raises(ValueError, match="unknown curve"): accuracy_curves(lin, X, y, perfect, curves=["best"])
+    with pytest.raises(ValueError, match="k_global must be"): accuracy_curves(lin, X, y, perfect, k_global=[0, 2])
+    t = accuracy_curves(lin, X, y, perfect, k_class=[1], k_global=[1, 2], n_random=3)
+    import matplotlib
+    matplotlib.use("Agg")
+    fig = plot_curves(t)
+    assert fig.axes[0].get_xscale() == "log"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# stability of rankings
+
+def test_topk_overlap_known_answers():
+    s = np.arange(50.)
+    t = topk_overlap(s, s, [1, 10, 50])
+    assert t.overlap.tolist() == [100] * 3 and t.jaccard.tolist() == [100] * 3
+    r = topk_overlap(s, -s, [10, 25, 40])
+    np.testing.assert_allclose(r.overlap, [0, 0, 100 * 30 / 40])
+    np.testing.assert_allclose(r.jaccard, [0, 0, 100 * 30 / 50])
+    rng = np.random.default_rng(0)
+    means = np.mean([topk_overlap(rng.random(500), rng.random(500), [20, 100]).overlap for _ in range(300)], axis=0)
+    np.testing.assert_allclose(means, [100 * 20 / 500, 100 * 100 / 500], atol=1.5)
+
+
+def test_topk_overlap_matches_set_arithmetic():
+    rng = np.random.default_rng(1)
+    a, b = rng.random(200), rng.random(200)
+    ks = [1, 7, 33, 200]
+    t = topk_overlap(a, b, ks)
+    for k, ov, jac in zip(ks, t.overlap, t.jaccard):
+        A, B = set(np.argsort(-a)[:k]), set(np.argsort(-b)[:k])
+        assert ov == pytest.approx(100 * len(A & B) / k) and jac == pytest.approx(100 * len(A & B) / len(A | B))
+
+
+def test_ranking_stability_and_correlations():
+    rng = np.random.default_rng(2)
+    M = rng.random((3, 60))
+    t = ranking_stability(M, ks=[5, 10], names=["a", "b", "c"])
+    assert len(t) == 6 and set(zip(t.a, t.b)) == {("a", "b"), ("a", "c"), ("b", "c")}
+    rc = rank_correlations({"x": M[0], "y": M[1]})
+    assert rc.spearman.item() == pytest.approx(spearmanr(M[0], M[1])[0])
+    assert rc.kendall.item() == pytest.approx(kendalltau(M[0], M[1])[0])
+    import matplotlib
+    matplotlib.use("Agg")
+    fig = plot_stability_heatmap(t, k=5)
+    assert len(fig.axes) == 2  # heatmap and colour bar
+    with pytest.raises(ValueError, match="k=7 is not in the table"): plot_stability_heatmap(t, k=7)
+    with pytest.raises(ValueError, match="at least two"): ranking_stability(M[:1])
+    with pytest.raises(ValueError, match="names for"): ranking_stability(M, names=["a"])
+    with pytest.raises(ValueError, match="ks must be in"): topk_overlap(M[0], M[1], [0])
+    with pytest.raises(ValueError, match="have 60 and 59 genes"): topk_overlap(M[0], M[1, :59])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# sanity checks
+
+def gradient(model, inputs, targets):
+    X = torch.as_tensor(inputs, dtype=torch.float32).clone().requires_grad_()
+    model(X).gather(1, torch.as_tensor(targets)[:, None]).sum().backward()
+    return X.grad.numpy()
+
+
+def test_attribution_similarity_known_answers():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((50, 100))
+    same = attribution_similarity(a, 2 * a, ks=(10,))
+    assert same["spearman"] == pytest.approx(1) and same["top10_overlap"] == 100
+    assert attribution_similarity(a, -a)["spearman"] == pytest.approx(-1)
+    assert attribution_similarity(a, -a)["spearman_abs"] == pytest.approx(1)
+    indep = attribution_similarity(a, rng.standard_normal((50, 100)), ks=(10,))
+    assert abs(indep["spearman"]) < 0.05 and indep["top10_overlap"] == pytest.approx(10, abs=3)
+    with pytest.raises(ValueError, match="shapes"): attribution_similarity(a, a[:, :5])
+
+
+def test_parameter_randomisation_cascade_and_independent():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    X = torch.randn(100, 30)
+    y = model(X).argmax(1).numpy()
+    t = parameter_randomisation_test(model, X, y, gradient, ks=(5,))
+    assert t.layer.tolist() == ["2", "2 + 0"]
+    assert abs(t.spearman.iloc[-1]) < 0.2 and t.spearman.iloc[0] > t.spearman.iloc[-1]  # fully randomised: unrelated
+    t_ind = parameter_randomisation_test(model, X, y, gradient, cascade=False, ks=(5,))
+    assert t_ind.layer.tolist() == ["2", "0"]
+    blind = parameter_randomisation_test(model, X, y, lambda m, X, y: X.numpy(), ks=(5,))
+    assert (blind.spearman == 1).all()
+    w = model[0].weight.clone()
+    parameter_randomisation_test(model, X, y, gradient)
+    assert torch.equal(model[0].weight, w)  # the original model is untouched
+    assert parameter_randomisation_test(model, X, y, gradient, seed=3).equals(parameter_randomisation_test(model, X, y, gradient, seed=3))
+
+
+def test_label_permutation_calls_train_fn_with_permuted_labels():
+    torch.manual_seed(0)
+    X = torch.randn(60, 10)
+    labels = np.repeat([0, 1, 2], 20)
+    seen = {}
+
+    def train_fn(inputs, lab, seed):
+        seen.update(labels=lab, seed=seed)
+        torch.manual_seed(seed)
+        return nn.Linear(10, 3)
+    t = label_permutation_test(train_fn, X, labels, X, labels, np.random.default_rng(0).random((60, 10)), gradient, seed=4)
+    assert sorted(seen["labels"].tolist()) == sorted(labels.tolist()) and not np.array_equal(seen["labels"], labels)
+    assert seen["seed"] == 4
+    assert {"check", "balanced_accuracy", "spearman", "spearman_abs", "top10_overlap"} <= set(t.columns)
+
+
+def test_feature_order_kinds():
+    s = np.array([[0.3, -1., 2., 0.]])
+    assert feature_order(s).tolist() == [[2, 0, 3, 1]]
+    assert feature_order(s, "unimportant").tolist() == [[1, 3, 0, 2]]
+    with pytest.raises(ValueError, match="kind must be one of"): feature_order(s, "top")
+
+
+def test_informative_genes_of_a_simulated_dataset_with_subclasses():
+    simulation = pytest.importorskip("igtcga.simulation")
+    params = simulation.SimParams("toyB", n_generated=3, n_genes=200, n_pathways=20, n_overexpressed=4, n_samples=60,
+                                  regroup=(0, 0, 1))
+    d = simulation.simulate(params, seed=0)
+    inf = informative_genes(d)
+    assert d.subclass is not None and sorted(inf) == [0, 1, 2]
+    for s in (0, 1):  # own 40 genes plus the 40 genes of class 1 (subclass 2), spec §3.5
+        assert inf[s].tolist() == sorted(set(d.truth[s].tolist()) | set(d.truth[2].tolist())) and len(inf[s]) == 80
+    assert len(inf[2]) == 120  # subclass 2 (class 1) with both subclasses of class 0
