@@ -233,7 +233,7 @@ def plot_summary(
     if path is not None: fig.savefig(path, dpi=100)
     return fig
 
-# %% ../nbs/08_experiments.ipynb #7ba468f3
+# %% ../nbs/08_experiments.ipynb #de8cd6ae
 def run_experiment(
     exp:Experiment, # what to run
     out:str|Path="igtcga-results", # folder for results.csv, summary.csv, report.md and figures
@@ -275,24 +275,17 @@ def run_experiment(
                              seed=res.seed, train_acc=res.train_acc, balanced_test_acc=res.balanced_test_acc, **m))
         lap("explain+evaluate")
     results = pd.DataFrame(rows)
-    results = results[[c for c in RESULT_COLUMNS if c in results] + [c for c in results if c not in RESULT_COLUMNS]]
     for c in RESULT_COLUMNS:
         if c not in results: results[c] = np.nan
     results = results[RESULT_COLUMNS + [c for c in results if c not in RESULT_COLUMNS]]
     summary = summarise(results)
-    import matplotlib; matplotlib.use("Agg", force=False) if not _interactive() else None
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # headless machines get matplotlib's Agg backend by default
     plt.close(plot_summary(results, out/"summary.png"))
     lap("report")
     with atomic_write(out/"results.csv", "w") as f: results.to_csv(f, index=False, float_format="%.4f")
     with atomic_write(out/"summary.csv", "w") as f: summary.to_csv(f, index=False, float_format="%.4f")
     with atomic_write(out/"report.md", "w") as f: f.write(report_markdown(exp, summary, timings, seeds))
     return results
-
-# %% ../nbs/08_experiments.ipynb #cee63023
-def _interactive()->bool:
-    from igtcga.core import _in_jupyter
-    return _in_jupyter()
 
 # %% ../nbs/08_experiments.ipynb #4d63c818
 @call_parse
