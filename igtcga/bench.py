@@ -88,9 +88,9 @@ BENCHMARKS = {
     "tcga": "igtcga.tcga:benchmark",
 }
 
-# %% ../nbs/09_bench.ipynb #b70303eb
+# %% ../nbs/09_bench.ipynb #7efa82d2
 def machine_info()->str:
-    "One line describing this machine, printed with every benchmark table."
+    "One line describing the computer that runs the benchmarks, printed with every benchmark table."
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "

@@ -742,10 +742,10 @@ class Pipeline(Transform):
 # %% ../nbs/02_data.ipynb #0968f78b
 _SIMULATIONS = ("simu1", "simu2", "simua", "simub", "simuc", "simulation", "simulations")
 
-# %% ../nbs/02_data.ipynb #de80e156
+# %% ../nbs/02_data.ipynb #a68bac27
 def transform_for(
     dataset:str, # "pancan", "BRCA", "KIRC", a simulation ("SIMU1", ..., "SimuC", "simulation") or "user"
-    version:str="head", # "head" (the README numbers) or "v1" (arXiv-time code: raw values for the simulations)
+    version:str="head", # "head" (the original README's reference numbers) or "v1" (arXiv-time code: raw values for the simulations)
     log:bool=True, # for "user": apply log2(x + 1) before standardising (False for data already on a log scale)
 )->Transform:
     "The unfitted input transform of `dataset` (spec §4); fit it on the training split."

@@ -19,8 +19,8 @@ from .data import ExprData, paper_split, read_expression, stratified_split, tran
 
 # %% auto #0
 __all__ = ['SIMULATIONS', 'TCGA', 'RESULT_COLUMNS', 'dataset_kind', 'xai_defaults', 'Experiment', 'step_key', 'load_dataset',
-           'make_split', 'make_transform', 'model_factory', 'evaluate_run', 'summarise', 'markdown_table',
-           'report_markdown', 'plot_summary', 'run_experiment', 'reproduce_cli']
+           'make_split', 'make_transform', 'model_factory', 'evaluate_run', 'stability_and_curves', 'summarise',
+           'markdown_table', 'report_markdown', 'plot_summary', 'run_experiment', 'run_datasets', 'reproduce_cli']
 
 # %% ../nbs/08_experiments.ipynb #b6814fc8
 SIMULATIONS = ("SIMU1", "SIMU2", "SimuA", "SimuB", "SimuC")
@@ -173,6 +173,38 @@ def evaluate_run(
                                       diffusion=None if graph is None else graph.diffusion))
     return out
 
+# %% ../nbs/08_experiments.ipynb #f38191e3
+def stability_and_curves(
+    exp:Experiment, # the experiment
+    results:list, # the `TrainResult`s of one model, one per seed
+    data:ExprData, # the whole dataset
+    attribution_paths:list, # each run's cached attributions (written by `evaluate_run`)
+    n_random:int=10, # random gene draws per k for the random curves
+    n_points:int=30, # numbers of genes kept, log-spaced from 1 to all genes
+)->tuple: # (stability: k, overlap and Jaccard (%) over pairs of runs; curves of the first run)
+    "Top-k agreement of the gene rankings across retrainings, and balanced accuracy against the number of genes kept."
+    from igtcga.attribution import Attributions
+    from igtcga.metrics import accuracy_curves, gene_scores, ranking_stability
+    atts = [Attributions.load(p) for p in attribution_paths]
+    columns = ["k", "overlap_mean", "overlap_std", "jaccard_mean"]
+    if len(atts) > 1:
+        rankings = np.stack([gene_scores(a.scores, a.labels, "balanced_abs", correct=a.correct) for a in atts])
+        stability = ranking_stability(rankings).groupby("k").agg(
+            overlap_mean=("overlap", "mean"), overlap_std=("overlap", "std"), jaccard_mean=("jaccard", "mean")).reset_index()
+    else: stability = pd.DataFrame(columns=columns)
+    first, att = results[0], atts[0]
+    studied = exp.studied_classes if exp.studied_classes is not None else list(range(data.n_classes))
+    test = data.subset(first.test_idx)
+    test = test.subset(np.flatnonzero(np.isin(test.y, studied)))  # the rows `evaluate_run` attributed, in its order
+    inputs = first.transform.transform(test.X) if first.transform is not None else test.X
+    ks = np.unique(np.geomspace(1, data.n_genes, n_points).astype(np.int64))  # a log grid: the study's linear one costs 20× more
+    table = accuracy_curves(first.model.eval(), inputs, test.y, att.scores, att.baseline, classes=studied, k_class=ks,
+                            k_global=ks, n_random=n_random)
+    curves = table.groupby(["curve", "k"], sort=False).agg(
+        n_kept=("n_kept", "mean"), balanced_accuracy=("balanced_accuracy", "mean"),
+        balanced_accuracy_std=("balanced_accuracy", "std")).reset_index()
+    return stability[columns], curves
+
 # %% ../nbs/08_experiments.ipynb #96b406c2
 RESULT_COLUMNS = ["dataset", "model", "run", "seed", "train_acc", "balanced_test_acc", "PGU_local", "PGU_global",
                   "PGI_local", "PGI_global", "PGR", "FA_local", "FA_global", "FA_local_diffused", "FA_global_diffused"]
@@ -233,7 +265,7 @@ def plot_summary(
     if path is not None: fig.savefig(path, dpi=100)
     return fig
 
-# %% ../nbs/08_experiments.ipynb #de8cd6ae
+# %% ../nbs/08_experiments.ipynb #5f148736
 def run_experiment(
     exp:Experiment, # what to run
     out:str|Path="igtcga-results", # folder for results.csv, summary.csv, report.md and figures
@@ -257,7 +289,7 @@ def run_experiment(
         from igtcga.graph import gene_graph
         graph = gene_graph(data, split, transform, threshold=exp.graph_threshold, device=exp.device, quiet=quiet)
     lap("graph")
-    seeds, rows = list(range(1, exp.runs + 1)), []
+    seeds, rows, stability_tables, curve_tables = list(range(1, exp.runs + 1)), [], [], []
     eval_key = step_key(exp.baseline, exp.studied_classes, exp.n_steps, exp.tol)
     metric_key = step_key(eval_key, exp.gap, exp.n_random, exp.graph_threshold)
     for name in exp.models:
@@ -274,6 +306,14 @@ def run_experiment(
             rows.append(dict(dataset=exp.dataset if exp.kind != "file" else Path(exp.dataset).name, model=name, run=r,
                              seed=res.seed, train_acc=res.train_acc, balanced_test_acc=res.balanced_test_acc, **m))
         lap("explain+evaluate")
+        cached = [run_dir/f"{k}_{metric_key}_r{exp.runs}.csv" for k in ("stability", "curves")]
+        if not all(p.exists() for p in cached):
+            for p, table in zip(cached, stability_and_curves(exp, results, data, [run_dir/f"run{r:02d}_ig_{eval_key}.npz"
+                                                                                  for r in range(1, exp.runs + 1)])):
+                with atomic_write(p, "w") as f: table.to_csv(f, index=False, float_format="%.4f")
+        label = dict(dataset=rows[-1]["dataset"], model=name)
+        stability_tables.append(pd.read_csv(cached[0]).assign(**label)); curve_tables.append(pd.read_csv(cached[1]).assign(**label))
+        lap("stability+curves")
     results = pd.DataFrame(rows)
     for c in RESULT_COLUMNS:
         if c not in results: results[c] = np.nan
@@ -284,18 +324,41 @@ def run_experiment(
     lap("report")
     with atomic_write(out/"results.csv", "w") as f: results.to_csv(f, index=False, float_format="%.4f")
     with atomic_write(out/"summary.csv", "w") as f: summary.to_csv(f, index=False, float_format="%.4f")
+    for name, tables in (("stability", stability_tables), ("curves", curve_tables)):
+        table = pd.concat(tables, ignore_index=True)
+        with atomic_write(out/f"{name}.csv", "w") as f: table[["dataset", "model"] + list(table.columns[:-2])].to_csv(f, index=False, float_format="%.4f")
     with atomic_write(out/"report.md", "w") as f: f.write(report_markdown(exp, summary, timings, seeds))
     return results
 
-# %% ../nbs/08_experiments.ipynb #4d63c818
+# %% ../nbs/08_experiments.ipynb #a2c27e9e
+def run_datasets(
+    experiments:list, # `Experiment`s, one per dataset
+    out:str|Path="igtcga-results", # each dataset in `out/<dataset>/`, the combined tables in `out/`
+    cache:str|Path|None=None, # cache folder (default: `cache_dir()`)
+    quiet:bool|None=None, # progress bars
+)->pd.DataFrame: # the combined results table
+    "Run each experiment into its own subfolder of `out`, then write the combined results, summary and report."
+    out = Path(out)
+    names = [e.dataset if e.kind != "file" else Path(e.dataset).name.split(".")[0] for e in experiments]
+    if len(set(names)) != len(names): raise ValueError(f"each dataset can appear once, got {names}")
+    tables = [run_experiment(e, out/n, cache, quiet) for e, n in zip(experiments, names)]
+    results = pd.concat(tables, ignore_index=True)
+    with atomic_write(out/"results.csv", "w") as f: results.to_csv(f, index=False, float_format="%.4f")
+    with atomic_write(out/"summary.csv", "w") as f: summarise(results).to_csv(f, index=False, float_format="%.4f")
+    for name in ("stability", "curves"):
+        with atomic_write(out/f"{name}.csv", "w") as f: pd.concat([pd.read_csv(out/n/f"{name}.csv") for n in names]).to_csv(f, index=False)
+    with atomic_write(out/"report.md", "w") as f: f.write("\n\n".join((out/n/"report.md").read_text() for n in names))
+    return results
+
+# %% ../nbs/08_experiments.ipynb #418e2ef9
 @call_parse
 def reproduce_cli(
-    dataset:str="SIMU1", # SIMU1, SIMU2, SimuA, SimuB, SimuC, pancan, brca, kirc, or your own .csv/.tsv(.gz)/.h5ad
+    dataset:str="SIMU1", # SIMU1, SIMU2, SimuA, SimuB, SimuC, pancan, brca, kirc, your own .csv/.tsv(.gz)/.h5ad, or several presets separated by commas
     models:str="LR,MLP", # comma-separated: LR, MLP, DiffuseLR, DiffuseMLP
     runs:int=None, # retrainings (seeds 1..runs); default 3, or 10 with --paper
     n_samples:int=None, # simulations: number of samples (default: small, or the paper's size with --paper)
     seed:int=0, # seed of the simulated dataset (and of the stratified split)
-    out:str="igtcga-results", # output folder
+    out:str="igtcga-results", # output folder (several datasets: one subfolder each, plus the combined tables)
     labels:str=None, # your own matrix: sample sheet (CSV/TSV) with the labels
     label_column:str="class", # column of the sample sheet (or of obs in .h5ad) holding the labels
     n_steps:int=None, # IG steps (default 3000)
@@ -309,7 +372,10 @@ def reproduce_cli(
     if runs is not None: kw["runs"] = runs
     if n_samples is not None: kw["n_samples"] = n_samples
     if n_steps is not None: kw["n_steps"] = n_steps
-    exp = Experiment.paper(dataset, **kw) if paper else Experiment.small(dataset, **kw)
-    print(f"igtcga-reproduce: {exp.dataset}, models {', '.join(exp.models)}, {exp.runs} run(s), output in {out}/")
-    results = run_experiment(exp, out, quiet=True if quiet else None)
+    names = [dataset] if Path(dataset).exists() else [d.strip() for d in dataset.split(",") if d.strip()]
+    exps = [Experiment.paper(d, **kw) if paper else Experiment.small(d, **kw) for d in names]  # every name checked first
+    for exp in exps: print(f"igtcga-reproduce: {exp.dataset}, models {', '.join(exp.models)}, {exp.runs} run(s)")
+    if len(exps) == 1: run_experiment(exps[0], out, quiet=True if quiet else None)
+    else: run_datasets(exps, out, quiet=True if quiet else None)
+    print(f"output in {out}/\n")
     print((Path(out)/"report.md").read_text())

@@ -365,11 +365,11 @@ def _barcode_fields(samples:list)->tuple:
     code = parts.str[3].str[:2].fillna("")
     return patient, code
 
-# %% ../nbs/02a_tcga.ipynb #9a90564a
+# %% ../nbs/02a_tcga.ipynb #49f0923f
 def parse_pancan(
     expression:str|Path, # the EB++ matrix (.tsv, or the original's .tsv.gz)
     phenotype:str|Path, # the TCGA-CDR table (.xlsx, or the original's .tsv.gz)
-    sample_types=("01", "03"), # barcode sample-type codes kept (spec §12 B8: ("01",) gives the README's 9680)
+    sample_types=("01", "03"), # barcode sample-type codes kept (spec §12 B8: ("01",) gives the original README's 9680)
     engine:str="auto", # parser engine, see `read_gene_matrix`
 )->ExprData:
     "PanCan with the original's filters: primary tumours (and blood cancers), labelled by their patient's CDR type."
