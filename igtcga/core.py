@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['set_seed', 'get_device', 'cache_dir', 'atomic_path', 'atomic_write', 'check_finite', 'progress_enabled', 'progress']
+__all__ = ['set_seed', 'get_device', 'cache_dir', 'atomic_path', 'atomic_write', 'check_finite', 'progress_enabled', 'progress',
+           'show_figure']
 
 # %% ../nbs/00_core.ipynb #cd6bb5a3
 def set_seed(
@@ -149,3 +150,20 @@ def progress(
     "A `tqdm` progress bar (a widget in Jupyter) that is silent unless `progress_enabled(quiet)`."
     from tqdm.auto import tqdm
     return tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(quiet), **kwargs)
+
+# %% ../nbs/00_core.ipynb #c470a245
+def show_figure(
+    fig, # a matplotlib figure (closed after display)
+    dpi:int=90, # resolution of the stored image
+    colors:int=64, # palette size
+)->None:
+    "Display `fig` in the notebook as a small palette PNG, then close it."
+    import io
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+    from PIL import Image as PILImage
+    buf, out = io.BytesIO(), io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    PILImage.open(buf).convert("RGB").quantize(colors).save(out, format="PNG", optimize=True)
+    display(Image(out.getvalue()))

@@ -46,7 +46,7 @@ def xai_defaults(
     if name in ("brca", "kirc") or dataset in ("SimuA", "SimuB", "SimuC"): return "class_mean:1", [0]
     return "zero", None
 
-# %% ../nbs/08_experiments.ipynb #a246d278
+# %% ../nbs/08_experiments.ipynb #e4758bd7
 @dataclass
 class Experiment:
     "Everything that defines one experiment (data, models, seeds, IG and metric settings)."
@@ -59,6 +59,7 @@ class Experiment:
     label_column:str="class" # column holding the labels
     split:str="auto" # "paper" (seed-43 shuffle, spec §2.4), "stratified", or "auto" (paper, stratified for your files)
     epochs:int=25 # training epochs (spec §5.2)
+    shuffle:bool=True # reshuffle the batches every epoch (False: the original's fixed batch order)
     n_steps:int=3000 # IG quadrature nodes (spec §6.1)
     tol:float=1e-4 # IG completeness tolerance (probability units); steps are doubled until it holds
     baseline:str|None=None # IG baseline; None: the study's choice for the dataset
@@ -265,7 +266,7 @@ def plot_summary(
     if path is not None: fig.savefig(path, dpi=100)
     return fig
 
-# %% ../nbs/08_experiments.ipynb #5f148736
+# %% ../nbs/08_experiments.ipynb #88442333
 def run_experiment(
     exp:Experiment, # what to run
     out:str|Path="igtcga-results", # folder for results.csv, summary.csv, report.md and figures
@@ -293,9 +294,9 @@ def run_experiment(
     eval_key = step_key(exp.baseline, exp.studied_classes, exp.n_steps, exp.tol)
     metric_key = step_key(eval_key, exp.gap, exp.n_random, exp.graph_threshold)
     for name in exp.models:
-        run_dir = cache/"runs"/f"{exp.dataset if exp.kind != 'file' else Path(exp.dataset).stem}-{data_key}"/f"{name}-e{exp.epochs}"
+        run_dir = cache/"runs"/f"{exp.dataset if exp.kind != 'file' else Path(exp.dataset).stem}-{data_key}"/f"{name}-e{exp.epochs}{'' if exp.shuffle else '-fixed'}"
         results = train_runs(model_factory(name, data, graph), data, split, runs=exp.runs, transform=transform,
-                             out_dir=run_dir, epochs=exp.epochs, device=exp.device, quiet=quiet)
+                             out_dir=run_dir, epochs=exp.epochs, shuffle=exp.shuffle, device=exp.device, quiet=quiet)
         lap("train")
         for r, res in enumerate(progress(results, desc=f"explain+evaluate {name}", quiet=quiet), start=1):
             metrics_path = run_dir/f"run{r:02d}_metrics_{metric_key}.json"
@@ -350,7 +351,7 @@ def run_datasets(
     with atomic_write(out/"report.md", "w") as f: f.write("\n\n".join((out/n/"report.md").read_text() for n in names))
     return results
 
-# %% ../nbs/08_experiments.ipynb #418e2ef9
+# %% ../nbs/08_experiments.ipynb #e9a6e6b8
 @call_parse
 def reproduce_cli(
     dataset:str="SIMU1", # SIMU1, SIMU2, SimuA, SimuB, SimuC, pancan, brca, kirc, your own .csv/.tsv(.gz)/.h5ad, or several presets separated by commas
@@ -363,12 +364,14 @@ def reproduce_cli(
     label_column:str="class", # column of the sample sheet (or of obs in .h5ad) holding the labels
     n_steps:int=None, # IG steps (default 3000)
     epochs:int=25, # training epochs
+    fixed_order:store_true=False, # train with the original's fixed batch order instead of reshuffling every epoch
     paper:store_true=False, # the study's full protocol (paper sample size, 10 seeds)
     device:str="auto", # auto, cpu or cuda
     quiet:store_true=False, # no progress bars
 ):
     "Run the study end to end and write results.csv, summary.csv, report.md and figures to --out."
-    kw = dict(models=models, data_seed=seed, labels=labels, label_column=label_column, epochs=epochs, device=device)
+    kw = dict(models=models, data_seed=seed, labels=labels, label_column=label_column, epochs=epochs, shuffle=not fixed_order,
+              device=device)
     if runs is not None: kw["runs"] = runs
     if n_samples is not None: kw["n_samples"] = n_samples
     if n_steps is not None: kw["n_steps"] = n_steps

@@ -88,3 +88,22 @@ def test_summary_is_mean_and_population_std():
     assert s.loc["LR", "balanced_test_acc_std"] == pytest.approx(np.std([97.0, 98.0, 99.0]))
     assert s.loc["MLP", "balanced_test_acc_std"] == 0 and s.loc["MLP", "runs"] == 1
     assert step_key("x", [1, 2]) != step_key("x", [2, 1])
+
+
+def test_cli_checks_every_dataset_of_a_list_before_running(tmp_path):
+    exe = shutil.which("igtcga-reproduce")
+    done = subprocess.run([exe, "--dataset", "SimuA,SimuX", "--out", str(tmp_path/"out"), "--quiet"], capture_output=True, text=True,
+                          env={**os.environ, "IGTCGA_CACHE": str(tmp_path/"cache")})
+    assert done.returncode != 0 and "unknown dataset 'SimuX'" in done.stderr
+    assert not (tmp_path/"out").exists() and not (tmp_path/"cache").exists()  # nothing started
+
+
+def test_fixed_batch_order_is_its_own_cached_series(tmp_path):
+    from igtcga.training import load_checkpoint
+    tiny = dict(dataset="SimuA", models=("LR",), runs=1, n_samples=40, n_steps=32, n_random=2, epochs=2)
+    run_experiment(Experiment(**tiny), tmp_path/"a", cache=tmp_path/"cache", quiet=True)
+    run_experiment(Experiment(**tiny, shuffle=False), tmp_path/"b", cache=tmp_path/"cache", quiet=True)
+    reshuffled, fixed = (sorted((tmp_path/"cache"/"runs").rglob(f"{d}/run01_seed1.pt")) for d in ("LR-e2", "LR-e2-fixed"))
+    assert len(reshuffled) == len(fixed) == 1
+    assert load_checkpoint(reshuffled[0]).hparams["shuffle"] is True and load_checkpoint(fixed[0]).hparams["shuffle"] is False
+    assert "| shuffle | False |" in (tmp_path/"b"/"report.md").read_text()
