@@ -18,12 +18,14 @@ from torch import nn
 
 from fastcore.basics import patch
 
-from .core import atomic_write, check_finite, get_device, progress
+from .core import (atomic_write, check_finite, check_int, evaluating, forward, get_device, model_device_dtype,
+                         progress, unit_rows)
+from .data import informative_genes
 
 # %% auto #0
-__all__ = ['OUTPUTS', 'METHODS', 'STATISTICAL', 'gauss_legendre', 'LinearFirst', 'linear_first', 'Baseline',
-           'integrated_gradients', 'ig_with_completeness', 'make_baseline', 'attribute', 'Attributions', 'explain',
-           'ttest_scores', 'anova_scores', 'mutual_info_scores', 'lr_weight_scores', 'statistical_ranking', 'benchmark']
+__all__ = ['METHODS', 'STATISTICAL', 'Baseline', 'integrated_gradients', 'ig_with_completeness', 'make_baseline', 'attribute',
+           'Attributions', 'explain', 'ttest_scores', 'anova_scores', 'mutual_info_scores', 'lr_weight_scores',
+           'statistical_ranking']
 
 # %% ../nbs/06_attribution.ipynb #a85c6cac
 @functools.lru_cache(maxsize=16)
@@ -51,9 +53,7 @@ def gauss_legendre(
     n_steps:int, # number of quadrature nodes
 )->tuple[np.ndarray, np.ndarray]: # nodes α_j in (0, 1) ascending, and weights w_j (float64 holding Captum's float32 values)
     "Captum's Gauss–Legendre nodes and weights on [0, 1], the weights rounded to float32 as Captum applies them."
-    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
-    t, w = _leggauss(int(n_steps))
+    t, w = _leggauss(check_int(n_steps, "n_steps", 1))
     return 0.5 * (1 + t), (0.5 * w).astype(np.float32).astype(np.float64)
 
 # %% ../nbs/06_attribution.ipynb #14de4b00
@@ -79,11 +79,11 @@ def _captum_ig(model, x, b, y, n_steps:int, output:str, internal_batch_size:int,
 # %% ../nbs/06_attribution.ipynb #2b8d29b2
 @dataclass(eq=False)
 class LinearFirst:
-    "A model seen as `head(x @ weight.T + bias)`: a linear first layer and a head with a known gradient."
+    "A model seen as `head(x @ weight.T + bias)`: a linear first layer, the rest of the network, and its closed form if known."
     weight:torch.Tensor # (H, G) effective first-layer weight on the model input (W Â for the diffusion models)
     bias:torch.Tensor # (H,) first-layer bias
     kind:str # "identity" (LR), "bn_relu_linear" (MLP, closed form) or "module" (autograd through `head`)
-    head:Callable|None=None # the head, for kind "module"
+    head:Callable # the network after the first layer: pre-activations (rows × H) to logits, as the model computes it
     scale:torch.Tensor|None=None # BatchNorm in eval mode as a x ↦ scale·x + shift map (ones/zeros without BatchNorm)
     shift:torch.Tensor|None=None
     weight2:torch.Tensor|None=None # (C, H) output layer weight, for "bn_relu_linear"
@@ -94,6 +94,7 @@ class LinearFirst:
         mv = lambda t: None if t is None else t.detach().to(device=device, dtype=dtype)
         return replace(self, weight=mv(self.weight), bias=mv(self.bias), scale=mv(self.scale), shift=mv(self.shift),
                        weight2=mv(self.weight2), bias2=mv(self.bias2))
+
 
 # %% ../nbs/06_attribution.ipynb #2fbdfc82
 _PASS_THROUGH = (nn.Dropout, nn.Identity)  # identity maps in evaluation mode
@@ -135,12 +136,14 @@ def _from_sequential(model:nn.Sequential)->LinearFirst|None:
     fc, rest = layers[0], layers[1:]
     W = fc.weight.detach()
     b = fc.bias.detach() if fc.bias is not None else torch.zeros(fc.out_features, dtype=W.dtype, device=W.device)
-    if all(isinstance(m, _PASS_THROUGH) for m in rest): return LinearFirst(W, b, "identity")
+    head = nn.Sequential(*rest)
+    if all(isinstance(m, _PASS_THROUGH) for m in rest): return LinearFirst(W, b, "identity", head)
     closed = _bn_relu_linear(rest, fc.out_features, W)
-    if closed is not None: return LinearFirst(W, b, **closed)
+    if closed is not None: return LinearFirst(W, b, head=head, **closed)
     if all(isinstance(m, _ROW_WISE) and (type(m) is not nn.BatchNorm1d or _bn_affine(m) is not None) for m in rest):
-        return LinearFirst(W, b, "module", head=nn.Sequential(*rest))
+        return LinearFirst(W, b, "module", head)
     return None
+
 
 # %% ../nbs/06_attribution.ipynb #7dd7138e
 def _from_gene_model(model)->LinearFirst|None:
@@ -149,19 +152,22 @@ def _from_gene_model(model)->LinearFirst|None:
     with torch.no_grad(): W = model.first_linear_weight().detach()
     fc = model.first_linear
     b = fc.bias.detach() if fc.bias is not None else torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
-    if type(model) in (M.LR, M.DiffuseLR): return LinearFirst(W, b, "identity")
+    if type(model) in (M.LR, M.DiffuseLR): return LinearFirst(W, b, "identity", model.head)
     if type(model) in (M.MLP, M.DiffuseMLP):
         closed = _bn_relu_linear([model.bn, nn.ReLU(), model.fc2], W.shape[0], W)
-        if closed is not None: return LinearFirst(W, b, **closed)
-    return LinearFirst(W, b, "module", head=model.head)
+        if closed is not None: return LinearFirst(W, b, head=model.head, **closed)
+    return LinearFirst(W, b, "module", model.head)
+
 
 # %% ../nbs/06_attribution.ipynb #604e32ed
 def linear_first(
     model:nn.Module, # a classifier returning logits, in evaluation mode
 )->LinearFirst|None:
-    "The model as a linear first layer plus a head (igtcga's models, or an `nn.Sequential` starting with `Linear`), else None."
+    "The model as a linear first layer plus a head (igtcga's models, `nn.Linear`, or an `nn.Sequential` starting with one), else None."
+    if type(model) is nn.Linear: return _from_sequential(nn.Sequential(model))
     if isinstance(model, nn.Sequential): return _from_sequential(model)
     return _from_gene_model(model)
+
 
 # %% ../nbs/06_attribution.ipynb #d3f059e8
 def _softmax_head_grad(z, y, w, output:str):
@@ -231,25 +237,6 @@ def _fast_ig(lf:LinearFirst, x, b, y, alphas, w, output:str, n_classes:int)->tor
     diff = x - b
     return (diff[:, None, :] if y is None else diff) * (v @ lf.weight)
 
-# %% ../nbs/06_attribution.ipynb #506269f7
-@contextlib.contextmanager
-def _evaluating(model:nn.Module, device:torch.device):
-    "Evaluation mode on `device` for the duration; the model's mode and device are restored afterwards."
-    was_training = model.training
-    tensors = list(model.parameters()) + list(model.buffers())
-    old = tensors[0].device if tensors else None
-    move = old is not None and old != device
-    model.eval()
-    if move: model.to(device)
-    try: yield model
-    finally:
-        if move: model.to(old)
-        model.train(was_training)
-
-# %% ../nbs/06_attribution.ipynb #afe610d8
-def _model_dtype(model:nn.Module)->torch.dtype:
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
 # %% ../nbs/06_attribution.ipynb #2be90354
 def _as_inputs(inputs, dtype, device, name:str="inputs")->torch.Tensor:
     x = inputs.detach() if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs))
@@ -304,13 +291,6 @@ def _as_target(target, n:int, n_classes:int)->torch.Tensor|None:
 def _check_output(output:str):
     if output not in OUTPUTS: raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
 
-# %% ../nbs/06_attribution.ipynb #fc77a3e7
-@torch.no_grad()
-def _outputs(model, x, output:str, batch:int=4096)->torch.Tensor:
-    "f(x) for every class (softmax probabilities or logits), in batches."
-    f = _output_fn(model, output)
-    return torch.cat([f(x[i:i + batch]) for i in range(0, len(x), batch)])
-
 # %% ../nbs/06_attribution.ipynb #d04ca572
 def _chunk_size(n:int, per_sample:int, memory_mb:float, itemsize:int)->int:
     return int(max(1, min(n, memory_mb * 2**20 // max(1, per_sample * itemsize))))
@@ -336,8 +316,8 @@ def integrated_gradients(
     alphas_np, weights_np = gauss_legendre(n_steps)
     dev = get_device(device)
     out_device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
-    with _evaluating(model, dev):
-        dtype = _model_dtype(model)
+    with evaluating(model, dev):
+        dtype = model_device_dtype(model)[1]
         x = _as_inputs(inputs, dtype, dev)
         b = _as_baseline(baseline, x)
         n, G = x.shape
@@ -370,7 +350,7 @@ def integrated_gradients(
                 bar.update(len(parts[-1]))
         attr = torch.cat(parts)
         if not return_convergence_delta: return attr.to(out_device)
-        fx, fb = _outputs(model, x, output), _outputs(model, b, output).expand(n, n_classes)
+        fx, fb = forward(model, x, output), forward(model, b, output).expand(n, n_classes)
         gap = fx - fb if y is None else (fx - fb).gather(1, y[:, None])[:, 0]
         delta = attr.sum(-1, dtype=torch.float64) - gap.double()
         return attr.to(out_device), delta.to(out_device)
@@ -542,8 +522,8 @@ def attribute(
     _check_output(output)
     dev = get_device(device)
     out_device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
-    with _evaluating(model, dev):
-        x = _as_inputs(inputs, _model_dtype(model), dev)
+    with evaluating(model, dev):
+        x = _as_inputs(inputs, model_device_dtype(model)[1], dev)
         b = _as_baseline(0.0 if baseline is None else baseline, x)
         n = len(x)
         with torch.no_grad(): n_classes = model(x[:1]).shape[-1]
@@ -570,10 +550,10 @@ _HOW = ("signed", "abs_mean", "mean_abs")
 # %% ../nbs/06_attribution.ipynb #6a322b63
 @dataclass(eq=False)
 class Attributions:
-    "Gene scores (rows × genes) with sample ids, targets, labels, predictions, baseline, method, settings and completeness."
+    "Gene scores (rows × genes) with everything evaluation needs: model inputs, targets, labels, predictions, baseline, truth."
     scores:np.ndarray # float32, one row per sample (per (sample, class) for target="all") × genes
-    targets:np.ndarray # int64, the class each row explains
-    sample_ids:list # the sample of each row
+    targets:np.ndarray # int64, the class each row explains (the *target*)
+    sample_ids:list|None=None # the sample of each row (default "S0", "S1", ...)
     labels:np.ndarray|None=None # int64 true class of each row's sample (None if unknown)
     predictions:np.ndarray|None=None # int64 predicted class of each row's sample (None if unknown)
     baseline:np.ndarray|None=None # float32 (genes,) baseline in model-input space (None: not applicable)
@@ -583,6 +563,9 @@ class Attributions:
     n_steps:np.ndarray|None=None # int64 quadrature steps used per row (IG)
     genes:list|None=None # gene names (default "G0", "G1", ...)
     classes:list|None=None # class names (default "0", "1", ...)
+    inputs:np.ndarray|None=None # float32 model-input row of each row's sample (rows × genes): what the model saw
+    groups:np.ndarray|None=None # int64 ground-truth group of each row (the simulated subclass; None: the label)
+    truth:dict|None=None # ground truth: group -> indices of its informative genes (None for real data)
 
     def __post_init__(self):
         s = np.asarray(self.scores)
@@ -590,15 +573,20 @@ class Attributions:
         self.scores = np.ascontiguousarray(s, dtype=np.float32)
         n, G = self.scores.shape
         self.targets = _opt_array(self.targets, np.int64, n, "targets")
-        self.sample_ids = [str(o) for o in self.sample_ids]
+        self.sample_ids = [f"S{i}" for i in range(n)] if self.sample_ids is None else [str(o) for o in self.sample_ids]
         if len(self.sample_ids) != n: raise ValueError(f"{len(self.sample_ids)} sample ids for {n} rows")
         self.labels = _opt_array(self.labels, np.int64, n, "labels")
         self.predictions = _opt_array(self.predictions, np.int64, n, "predictions")
         self.completeness = _opt_array(self.completeness, np.float64, n, "completeness")
         self.n_steps = _opt_array(self.n_steps, np.int64, n, "n_steps")
+        self.groups = _opt_array(self.groups, np.int64, n, "groups")
+        if self.inputs is not None:
+            self.inputs = np.asarray(self.inputs.detach().cpu() if isinstance(self.inputs, torch.Tensor) else self.inputs, dtype=np.float32)
+            if self.inputs.shape != (n, G): raise ValueError(f"inputs have shape {self.inputs.shape}, expected {(n, G)} like the scores")
         if self.baseline is not None:
-            self.baseline = np.asarray(self.baseline, dtype=np.float32)
+            self.baseline = np.asarray(self.baseline, dtype=np.float32).reshape(-1)
             if self.baseline.shape != (G,): raise ValueError(f"baseline has shape {self.baseline.shape}, expected ({G},)")
+        if self.truth is not None: self.truth = {int(k): np.unique(np.asarray(v, dtype=np.int64)) for k, v in self.truth.items()}
         self.genes = [f"G{i}" for i in range(G)] if self.genes is None else [str(g) for g in self.genes]
         if len(self.genes) != G: raise ValueError(f"{len(self.genes)} gene names for {G} columns of scores")
         n_cls = int(max([self.targets.max(initial=-1)] + [a.max(initial=-1) for a in (self.labels, self.predictions) if a is not None])) + 1
@@ -621,6 +609,7 @@ class Attributions:
         err = f", max completeness error {self.completeness.max():.2g}" if self.completeness is not None and self.n_rows else ""
         return f"Attributions({self.method}: {self.n_rows} rows × {self.n_genes} genes, {len(self.classes)} classes{extra}{err})"
 
+
 # %% ../nbs/06_attribution.ipynb #f9716691
 @patch
 def subset(self:Attributions, idx)->Attributions:
@@ -632,15 +621,46 @@ def subset(self:Attributions, idx)->Attributions:
     take = lambda a: None if a is None else a[idx]
     return replace(self, scores=self.scores[idx], targets=self.targets[idx], sample_ids=[self.sample_ids[i] for i in idx],
                    labels=take(self.labels), predictions=take(self.predictions), completeness=take(self.completeness),
-                   n_steps=take(self.n_steps), settings=dict(self.settings))
+                   n_steps=take(self.n_steps), inputs=take(self.inputs), groups=take(self.groups), settings=dict(self.settings))
+
 
 # %% ../nbs/06_attribution.ipynb #ca7f94fa
 @patch
 def normalized(self:Attributions)->Attributions:
-    "Each row divided by its L2 norm (zero rows stay zero), spec §6.4."
-    norm = np.linalg.norm(self.scores.astype(np.float64), axis=1, keepdims=True)
-    scores = np.divide(self.scores, norm, out=np.zeros_like(self.scores), where=norm > 0)
-    return replace(self, scores=scores, settings={**self.settings, "normalized": True})
+    "Each row divided by its L2 norm (zero rows stay zero), protocol §6.4."
+    return replace(self, scores=unit_rows(self.scores), settings={**self.settings, "normalized": True})
+
+
+# %% ../nbs/06_attribution.ipynb #8dfc6403
+@patch
+def model_inputs(self:Attributions)->np.ndarray:
+    "The model-input rows the scores explain (rows × genes), or a clear error when they were not recorded."
+    if self.inputs is None:
+        raise ValueError("these attributions carry no model inputs: `explain` records them; for scores made another way "
+                         "(or saved with inputs=False) attach them with `att.with_inputs(X)`, X in model-input space")
+    return self.inputs
+
+
+# %% ../nbs/06_attribution.ipynb #5204844d
+@patch
+def with_inputs(self:Attributions,
+                 inputs, # model-input rows (rows × genes), in the order of the rows
+                )->Attributions:
+    "A copy that carries `inputs` as the model-input rows."
+    return replace(self, inputs=inputs, settings=dict(self.settings))
+
+
+# %% ../nbs/06_attribution.ipynb #8cb80788
+@patch
+def ground_truth(self:Attributions)->tuple[np.ndarray, dict]:
+    "(group of each row, group -> informative genes) for the metrics that need the truth; a clear error for real data."
+    if self.truth is None:
+        raise ValueError("these attributions carry no ground truth: explain an ExprData with `truth` (a simulation), "
+                         "or attach it with `dataclasses.replace(att, truth={group: gene indices}, groups=...)`")
+    groups = self.groups if self.groups is not None else self.labels
+    if groups is None: raise ValueError("the ground truth needs the group (label or subclass) of every row: labels are unknown")
+    return groups, self.truth
+
 
 # %% ../nbs/06_attribution.ipynb #aa3656cf
 @patch
@@ -660,23 +680,31 @@ def info(self:Attributions)->pd.DataFrame:
                              prediction=name(self.predictions), correct=self.correct,
                              completeness=self.completeness, n_steps=self.n_steps))
 
+# %% ../nbs/06_attribution.ipynb #3de0f2b6
+def class_means(
+    scores:np.ndarray, # rows × genes
+    groups:np.ndarray, # the class (or group) of each row
+    how:str="signed", # "signed" (mean), "abs_mean" (|mean|) or "mean_abs" (mean of |score|)
+)->tuple[np.ndarray, np.ndarray]: # (the groups present, sorted; groups × genes means)
+    "Mean score of each gene over the rows of each group: the one per-class aggregation behind every class-level ranking."
+    if how not in _HOW: raise ValueError(f"how must be one of {_HOW}, got {how!r}")
+    present = np.unique(groups)
+    s = np.abs(scores) if how == "mean_abs" else scores
+    means = np.stack([s[groups == c].mean(0) for c in present]) if len(present) else np.zeros((0, scores.shape[1]))
+    return present, (np.abs(means) if how == "abs_mean" else means)
+
 # %% ../nbs/06_attribution.ipynb #7593c856
 @patch
 def class_scores(self:Attributions,
                   how:str="signed", # "signed" (mean), "abs_mean" (|mean|) or "mean_abs" (mean of |score|)
-                  normalize:bool=True, # L2-normalise each row first (spec §6.4)
-                  correct_only:bool=True, # use only rows of correctly classified samples (spec §12 B18)
+                  normalize:bool=True, # L2-normalise each row first (protocol §6.4)
+                  correct_only:bool=True, # use only rows of correctly classified samples (protocol §12 B18)
                  )->pd.DataFrame: # classes (that have rows) × genes
     "Mean score of each gene over the rows of each target class."
     if how not in _HOW: raise ValueError(f"how must be one of {_HOW}, got {how!r}")
     a = self.normalized() if normalize else self
     keep = a.correct if correct_only else np.ones(a.n_rows, dtype=bool)
-    s, t = a.scores[keep].astype(np.float64), a.targets[keep]
-    if how == "mean_abs": s = np.abs(s)
-    present = np.unique(t)
-    onehot = (t[:, None] == present[None, :]).astype(np.float64)
-    means = (onehot.T @ s) / onehot.sum(0)[:, None]
-    if how == "abs_mean": means = np.abs(means)
+    present, means = class_means(a.scores[keep].astype(np.float64), a.targets[keep], how)
     return pd.DataFrame(means, index=pd.Index([a.classes[c] for c in present], name="class"),
                         columns=pd.Index(a.genes, name="gene"))
 
@@ -728,15 +756,18 @@ _FORMAT = 1
 @patch
 def save(self:Attributions,
           path:str|Path, # destination file (`.npz` recommended)
+          inputs:bool=True, # also store the model-input rows (False: smaller files; re-attach them with `with_inputs`)
          )->Path:
     "Write the attributions to one compressed `.npz` file, atomically."
     arrays = dict(format=np.array(_FORMAT), scores=self.scores, targets=self.targets, sample_ids=np.array(self.sample_ids, dtype=str),
                   method=np.array(self.method), settings=np.array(json.dumps(self.settings)),
                   genes=np.array(self.genes, dtype=str), classes=np.array(self.classes, dtype=str))
-    for name in ("labels", "predictions", "baseline", "completeness", "n_steps"):
+    for name in ("labels", "predictions", "baseline", "completeness", "n_steps", "groups") + (("inputs",) if inputs else ()):
         if getattr(self, name) is not None: arrays[name] = getattr(self, name)
+    if self.truth is not None: arrays["truth"] = np.array(json.dumps({str(k): v.tolist() for k, v in self.truth.items()}))
     with atomic_write(path, "wb") as f: np.savez_compressed(f, **arrays)
     return Path(path)
+
 
 # %% ../nbs/06_attribution.ipynb #28da161a
 @patch(cls_method=True)
@@ -748,10 +779,13 @@ def load(cls:Attributions, path:str|Path)->Attributions:
         if "scores" not in z.files or "format" not in z.files: raise ValueError(f"{path} is not an igtcga attributions file")
         if int(z["format"]) > _FORMAT: raise ValueError(f"{path} was written by a newer igtcga (format {int(z['format'])})")
         get = lambda k: z[k] if k in z.files else None
+        truth = json.loads(str(z["truth"])) if "truth" in z.files else None
         return cls(scores=z["scores"], targets=z["targets"], sample_ids=z["sample_ids"].tolist(),
-                            labels=get("labels"), predictions=get("predictions"), baseline=get("baseline"),
-                            method=str(z["method"]), settings=json.loads(str(z["settings"])), completeness=get("completeness"),
-                            n_steps=get("n_steps"), genes=z["genes"].tolist(), classes=z["classes"].tolist())
+                   labels=get("labels"), predictions=get("predictions"), baseline=get("baseline"),
+                   method=str(z["method"]), settings=json.loads(str(z["settings"])), completeness=get("completeness"),
+                   n_steps=get("n_steps"), genes=z["genes"].tolist(), classes=z["classes"].tolist(),
+                   inputs=get("inputs"), groups=get("groups"), truth=truth)
+
 
 # %% ../nbs/06_attribution.ipynb #dfe14c03
 def _resolve_targets(target, labels, predictions, n:int, n_classes:int)->tuple:
@@ -766,26 +800,19 @@ def _resolve_targets(target, labels, predictions, n:int, n_classes:int)->tuple:
     t = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target)
     return _as_target(t, n, n_classes).numpy(), "given"
 
-# %% ../nbs/06_attribution.ipynb #6dc97c24
-@torch.no_grad()
-def _predict(model, x, dev, batch:int=4096)->np.ndarray:
-    with _evaluating(model, dev):
-        xt = _as_inputs(x, _model_dtype(model), dev)
-        return torch.cat([model(xt[i:i + batch]).argmax(-1).cpu() for i in range(0, len(xt), batch)]).numpy()
-
 # %% ../nbs/06_attribution.ipynb #23a89779
 def explain(
-    model:nn.Module, # trained classifier returning logits
-    data, # `ExprData` or array (samples × genes), in model-input space unless `transform` is given
+    model, # trained classifier returning logits (an `nn.Module`), or a `TrainResult` (its model and fitted transform)
+    data, # `ExprData` or array (samples × genes), in model-input space unless a fitted transform comes with it
+    target="true", # "true", "predicted", "all", a class index, or one index per sample
     baseline="zero", # "zero", "train_mean", "class_mean:<class>", ("class_mean", c), a `Baseline` or a vector
     reference=None, # training data for "train_mean" / "class_mean" (`ExprData`, (X, y) or X), same space as `data`
-    target="true", # "true", "predicted", "all", a class index, or one index per sample
     method:str="integrated_gradients", # one of `METHODS`
     n_steps:int=3000, # IG quadrature nodes (first attempt)
     output:str="softmax", # "softmax" (probability, the study) or "logit"
     tol:float|None=1e-4, # IG only: completeness tolerance; samples above it are redone with doubled steps (None: no control)
     max_steps:int|None=None, # IG only: stop doubling beyond this (None: 16 × n_steps)
-    transform=None, # fitted input transform (`.transform(X)`) applied to `data` and `reference` first
+    transform=None, # fitted input transform (`.transform(X)`) applied to `data` and `reference` first (default: the TrainResult's)
     labels=None, # true labels when `data` is an array
     sample_ids:list|None=None, # sample ids (default: the ExprData's, else "S0", "S1", ...)
     genes:list|None=None, # gene names (default: the ExprData's)
@@ -795,7 +822,11 @@ def explain(
     quiet:bool|None=None, # hide progress bars
     **kwargs, # passed on: path, batch_size, memory_mb (IG) or the Captum method's options
 )->Attributions:
-    "Attribute every sample of `data` with `method` and return the scores with targets, predictions, baseline and settings."
+    "Attribute every sample of `data` with `method`; the result carries what every metric needs (inputs, baseline, truth)."
+    if not isinstance(model, nn.Module) and hasattr(model, "model"):  # a TrainResult: the fitted transform travels with it
+        transform = getattr(model, "transform", None) if transform is None else transform
+        model = model.model
+    if not isinstance(model, nn.Module): raise TypeError(f"model must be a torch.nn.Module or a TrainResult, got {type(model).__name__}")
     if method not in METHODS: raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     _check_output(output)
     is_expr = hasattr(data, "X") and hasattr(data, "y")
@@ -817,9 +848,9 @@ def explain(
     base = make_baseline(baseline, reference, n_genes=G, classes=classes)
     if len(base.values) != G: raise ValueError(f"baseline has {len(base.values)} values but the data have {G} genes")
     dev = get_device(device)
-    predictions = _predict(model, X, dev)
-    with _evaluating(model, dev), torch.no_grad():
-        n_classes = int(model(_as_inputs(X[:1], _model_dtype(model), dev)).shape[-1])
+    with evaluating(model, dev): predictions = forward(model, _as_inputs(X, model_device_dtype(model)[1], dev)).argmax(-1).cpu().numpy()
+    with evaluating(model, dev), torch.no_grad():
+        n_classes = int(model(_as_inputs(X[:1], model_device_dtype(model)[1], dev)).shape[-1])
     if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"labels out of range: the model has {n_classes} classes, labels go from {labels.min()} to {labels.max()}")
     t, target_kind = _resolve_targets(target, labels, predictions, n, n_classes)
@@ -839,9 +870,9 @@ def explain(
         settings["path"] = chosen if chosen != "auto" else ("fast" if linear_first(model) is not None else "captum")
     scores = scores.detach().cpu().numpy()
     if error is None:  # completeness error of whatever the method returned (meaningful for IG, DeepLift, GradientShap)
-        with _evaluating(model, dev):
-            f = _outputs(model, _as_inputs(X, _model_dtype(model), dev), output).cpu().double().numpy()
-            fb = _outputs(model, _as_inputs(base.values[None], _model_dtype(model), dev), output).cpu().double().numpy()
+        with evaluating(model, dev):
+            f = forward(model, _as_inputs(X, model_device_dtype(model)[1], dev), output).cpu().double().numpy()
+            fb = forward(model, _as_inputs(base.values[None], model_device_dtype(model)[1], dev), output).cpu().double().numpy()
         gap = f - fb
         error = np.abs(scores.sum(-1, dtype=np.float64) - (gap if t is None else gap[np.arange(n), t]))
     else: error, steps = error.cpu().numpy(), steps.cpu().numpy()
@@ -850,9 +881,13 @@ def explain(
         scores, error = scores.reshape(n * n_classes, G), np.asarray(error).reshape(-1)
         steps = None if steps is None else np.asarray(steps).reshape(-1)
         rows, t = np.repeat(rows, n_classes), np.tile(np.arange(n_classes), n)
+    groups = np.asarray(data.subclass)[rows] if is_expr and getattr(data, "subclass", None) is not None else None
+    truth = informative_genes(data) if is_expr and getattr(data, "truth", None) is not None else None
     return Attributions(scores=scores, targets=t, sample_ids=[sample_ids[i] for i in rows],
                         labels=None if labels is None else labels[rows], predictions=predictions[rows], baseline=base.values,
-                        method=method, settings=settings, completeness=error, n_steps=steps, genes=genes, classes=classes)
+                        method=method, settings=settings, completeness=error, n_steps=steps, genes=genes, classes=classes,
+                        inputs=X[rows], groups=groups, truth=truth)
+
 
 # %% ../nbs/06_attribution.ipynb #de7f644e
 def _class_sums(X, y, n_classes:int, block:int=2048):
@@ -1038,7 +1073,7 @@ def _bench_run(which:str, X_np:np.ndarray, y_np:np.ndarray, n_steps:int, interna
     return dict(seconds=secs, device=dev.type, diff=float((a - fast).abs().max() / a.abs().max()))
 
 # %% ../nbs/06_attribution.ipynb #5303cea9
-def benchmark(
+def _benchmark(
     quick:bool=False, # 300 steps, 400 samples, 2 Captum samples
 )->list[dict]:
     "IG fast path vs Captum for the MLP at SIMU1 test-set size: seconds, samples/s, ratio and largest difference."

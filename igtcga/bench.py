@@ -6,14 +6,15 @@ Docs: https://igtcga.github.io/igtcga/bench.html.md"""
 
 # %% ../nbs/09_bench.ipynb #ae473656
 from __future__ import annotations
-import importlib, multiprocessing as mp, os, platform, sys, time, traceback
+import importlib, multiprocessing as mp, os, pickle, platform, subprocess, sys, tempfile, time, traceback, types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from fastcore.script import call_parse, store_true
 
 # %% auto #0
-__all__ = ['BENCHMARKS', 'measure', 'machine_info', 'run_benchmarks', 'bench_cli']
+__all__ = ['BENCHMARKS', 'measure', 'run_benchmarks', 'benchmark', 'bench_cli']
 
 # %% ../nbs/09_bench.ipynb #926034e8
 def _proc_kb(field:str)->int|None:
@@ -23,9 +24,24 @@ def _proc_kb(field:str)->int|None:
                 if line.startswith(field + ":"): return int(line.split()[1])
     except OSError: return None
 
+# %% ../nbs/09_bench.ipynb #45847e2a
+def _dumps_or_none(res:tuple)->bytes:
+    "Pickle a child's result; a result that cannot be pickled comes back as None."
+    try: return pickle.dumps(res)
+    except Exception: return pickle.dumps(res[:3] + (None,))
+
 # %% ../nbs/09_bench.ipynb #0e33cd1b
-def _child(fn, args, kwargs, conn):
+def _run_call(
+    call, # a file written by `_write_call` (fresh interpreter), or the tuple (fn, args, kwargs) itself (forked child)
+    result:str, # the file this child writes its result to
+):
+    "Child side of `measure`: load the call, reset the memory high-water mark, time the call, write the result."
     try:
+        if isinstance(call, str):
+            with open(call, "rb") as f:
+                sys.path[:] = pickle.load(f)  # the parent's import path, as multiprocessing's 'spawn' does
+                call = pickle.load(f)
+        fn, args, kwargs = call
         linux = _proc_kb("VmHWM") is not None
         if linux:
             try:
@@ -39,53 +55,150 @@ def _child(fn, args, kwargs, conn):
         secs = time.perf_counter() - t0
         if linux: peak_mb = (_proc_kb("VmHWM") - start_kb) / 1024
         else: peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
-        conn.send(("ok", secs, peak_mb, out if isinstance(out, (dict, float, int, str, type(None))) else None))
+        res = ("ok", secs, peak_mb, out if isinstance(out, (dict, float, int, str, type(None))) else None)
+        data = _dumps_or_none(res)
     except BaseException:
-        conn.send(("error", traceback.format_exc(), None, None))
-    finally:
-        conn.close()
+        data = pickle.dumps(("error", traceback.format_exc(), None, None))
+    with open(result + ".part", "wb") as f: f.write(data)
+    os.replace(result + ".part", result)
 
 # %% ../nbs/09_bench.ipynb #a81f9586
-def _start_method(fn, args, kwargs)->str|None:
-    "'spawn' when the call can be pickled (a fresh interpreter: safe after PyTorch or CUDA used threads), else 'fork'."
-    import pickle
+def _lookup(
+    module:str, # e.g. "igtcga.training"
+    qualname:str, # e.g. "_bench_epoch"
+):
+    "The object `qualname` of `module` (how a child finds the igtcga namesake of a `__main__` function)."
+    obj = importlib.import_module(module)
+    for part in qualname.split("."): obj = getattr(obj, part)
+    return obj
+
+# %% ../nbs/09_bench.ipynb #9a0eadaf
+def _code_key(code:types.CodeType)->tuple:
+    "What a function's code does, not how it was compiled: its instructions and their arguments, jumps as instruction indices."
+    import dis
+    # a notebook compiles each cell alone, so a call like `np.sum(x)` may compile to a method load there and an attribute
+    # load in the module (Python 3.11 knows `np` was imported): read both as attribute loads
+    index, kept = {}, []  # offset -> index of the next kept instruction (a jump may land on a skipped EXTENDED_ARG)
+    for i in dis.get_instructions(code):
+        index[i.offset] = len(kept)
+        if i.opname not in ("CACHE", "PRECALL", "EXTENDED_ARG", "NOP", "RESUME"): kept.append(i)
+    jumps = set(dis.hasjrel) | set(dis.hasjabs)
+    def arg(i):
+        if i.opcode in jumps: return index.get(i.argval, i.argval)
+        return _code_key(i.argval) if isinstance(i.argval, types.CodeType) else i.argval
+    return (code.co_argcount, code.co_kwonlyargcount,
+            tuple(("LOAD_ATTR" if i.opname == "LOAD_METHOD" else i.opname, arg(i)) for i in kept))
+
+# %% ../nbs/09_bench.ipynb #7b9062aa
+def _namesake(
+    obj, # a function or class, typically defined in `__main__` (a notebook, `python -c`, stdin)
+):
+    "The function (same code) or class of the same name in an installed igtcga module; None if there is none."
+    qual = getattr(obj, "__qualname__", "")
+    if not qual or "<" in qual: return None  # lambdas and local objects have no importable name
+    try: from igtcga._modidx import d; syms = d["syms"]
+    except Exception: syms = {}
+    mods = [m for m in sys.modules if m.startswith("igtcga.")] + [m for m, s in syms.items() if f"{m}.{qual}" in s]
+    for mod in dict.fromkeys(mods):
+        try: cand = _lookup(mod, qual)
+        except Exception: continue
+        if not str(getattr(cand, "__module__", "")).startswith("igtcga"): continue
+        if isinstance(obj, type) and isinstance(cand, type): return cand
+        if (isinstance(obj, types.FunctionType) and isinstance(cand, types.FunctionType)
+                and _code_key(cand.__code__) == _code_key(obj.__code__)): return cand
+    return None
+
+# %% ../nbs/09_bench.ipynb #c9e503a7
+class _Unplaceable(Exception): "A `__main__` function or class with no igtcga namesake: a fresh interpreter could not load it."
+
+class _CallPickler(pickle.Pickler):
+    "Pickles the functions and classes of `__main__` as their igtcga namesakes (`_Unplaceable` when there is none)."
+    def reducer_override(self, obj):
+        if not isinstance(obj, (type, types.FunctionType)) or getattr(obj, "__module__", None) != "__main__": return NotImplemented
+        found = _namesake(obj)
+        if found is None: raise _Unplaceable(obj.__qualname__)
+        return importlib.import_module("igtcga.bench")._lookup, (found.__module__, found.__qualname__)
+
+# %% ../nbs/09_bench.ipynb #d509ba23
+def _write_call(
+    path:Path, # the file to write
+    fn, args:tuple, kwargs:dict, # the call
+)->bool: # whether a fresh interpreter can load it
+    "Pickle the call (and this process's import path) for a fresh interpreter; False for a lambda, closure or unplaceable `__main__` object."
     try:
-        pickle.dumps((fn, args, kwargs))
-        return "spawn"
-    except Exception:
-        return "fork" if "fork" in mp.get_all_start_methods() else None
+        with open(path, "wb") as f:
+            pickle.dump(list(sys.path), f)
+            _CallPickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump((fn, args, kwargs))
+        return True
+    except Exception: return False
+
+# %% ../nbs/09_bench.ipynb #de9714fd
+def _fresh_child(call:Path, result:Path)->subprocess.Popen:
+    "Start a fresh interpreter that runs `_run_call` on the pickled call (it imports igtcga from where this process did)."
+    import igtcga
+    root = str(Path(igtcga.__file__).resolve().parent.parent)
+    code = f"import sys; sys.path.insert(0, {root!r}); from igtcga.bench import _run_call; _run_call({str(call)!r}, {str(result)!r})"
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
+
+# %% ../nbs/09_bench.ipynb #8607bd35
+def _wait(
+    proc, # a `subprocess.Popen` or a `multiprocessing.Process`
+    timeout_s:float|None, # None: as long as it runs
+)->int|None: # its exit code, None if it was still running after `timeout_s`
+    "Wait for a child to exit."
+    if isinstance(proc, subprocess.Popen):
+        try: return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired: return None
+    proc.join(timeout_s)
+    return proc.exitcode
+
+# %% ../nbs/09_bench.ipynb #dd4bdbfb
+def _kill(proc):
+    "Kill a child (`Popen` or `Process`) that is still running, and reap it."
+    if isinstance(proc, subprocess.Popen):
+        if proc.poll() is None: proc.kill(); proc.wait()
+    elif proc.is_alive(): proc.kill(); proc.join()
 
 # %% ../nbs/09_bench.ipynb #09fdd86e
 def measure(
-    fn, # the callable to time (a module-level function is run in a fresh process; a lambda in a forked one)
+    fn, # the callable to time: an importable function runs in a fresh interpreter, anything else in a forked child
     *args,
-    isolate:bool=True, # run in a child process to measure its own peak memory
+    isolate:bool=True, # run in a child process to measure its own peak memory (False: here, `peak_mb` NaN)
+    timeout_s:float|None=None, # kill the child and raise `TimeoutError` after this many seconds (None: no limit)
     **kwargs,
 )->dict: # `seconds`, `peak_mb` and `result` (when small: a dict or a number)
-    "Wall time and peak memory of `fn(*args, **kwargs)`."
-    method = _start_method(fn, args, kwargs) if isolate else None
-    if method is None:
-        t0 = time.perf_counter(); out = fn(*args, **kwargs)
-        return dict(seconds=time.perf_counter() - t0, peak_mb=float("nan"), result=out)
-    ctx = mp.get_context(method)
-    parent, child = ctx.Pipe(duplex=False)
-    from igtcga import bench  # a spawned child imports the target by module name, so use the installed module's
-    p = ctx.Process(target=bench._child if method == "spawn" else _child, args=(fn, args, kwargs, child))
-    p.start(); child.close()
-    try: status, secs, peak, out = parent.recv()
-    except EOFError: status, secs = "error", f"the child process died (exit code {p.join() or p.exitcode})"
-    p.join()
-    if status != "ok": raise RuntimeError(f"benchmarked function failed in the child process:\n{secs}")
+    "Wall time and peak memory of `fn(*args, **kwargs)`, measured in a child process."
+    name = f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', repr(fn))}"
+    with tempfile.TemporaryDirectory(prefix="igtcga-measure-") as tmp:
+        call, result = Path(tmp)/"call.pkl", Path(tmp)/"result.pkl"
+        if not isolate: proc = None
+        elif _write_call(call, fn, args, kwargs): proc = _fresh_child(call, result)
+        elif "fork" in mp.get_all_start_methods():
+            call.unlink(missing_ok=True)
+            proc = mp.get_context("fork").Process(target=_run_call, args=((fn, args, kwargs), str(result)))
+            proc.start()
+        else: proc = None
+        if proc is None:
+            t0 = time.perf_counter(); out = fn(*args, **kwargs)
+            return dict(seconds=time.perf_counter() - t0, peak_mb=float("nan"), result=out)
+        try: code = _wait(proc, timeout_s)
+        finally: _kill(proc)  # after a timeout, or when the wait was interrupted (Ctrl-C, a notebook's stop button)
+        if code is None: raise TimeoutError(f"{name} ran past timeout_s={timeout_s} s in its child process, which was killed")
+        if not result.exists():
+            why = "; a negative code is a signal, -9 often the out-of-memory killer" if code < 0 else ""
+            raise RuntimeError(f"{name} died in its child process without a result (exit code {code}{why})")
+        with open(result, "rb") as f: status, secs, peak, out = pickle.load(f)
+    if status != "ok": raise RuntimeError(f"{name} failed in its child process:\n{secs}")
     return dict(seconds=secs, peak_mb=peak, result=out)
 
 # %% ../nbs/09_bench.ipynb #a7781d4e
 BENCHMARKS = {
-    "simulate": "igtcga.simulation:benchmark",
-    "graph": "igtcga.graph:benchmark",
-    "epoch": "igtcga.training:benchmark",
-    "attribution": "igtcga.attribution:benchmark",
-    "metrics": "igtcga.metrics:benchmark",
-    "tcga": "igtcga.tcga:benchmark",
+    "simulate": "igtcga.simulation:_benchmark",
+    "graph": "igtcga.graph:_benchmark",
+    "epoch": "igtcga.training:_benchmark",
+    "attribution": "igtcga.attribution:_benchmark",
+    "metrics": "igtcga.metrics:_benchmark",
+    "tcga": "igtcga.tcga:_benchmark",
 }
 
 # %% ../nbs/09_bench.ipynb #7efa82d2
@@ -115,6 +228,15 @@ def run_benchmarks(
         print(f"running {name} ...", file=sys.stderr, flush=True)
         rows.extend(bench(quick=quick))
     return pd.DataFrame(rows)
+
+# %% ../nbs/09_bench.ipynb #0bff0f2a
+def benchmark(
+    name:str, # one of `BENCHMARKS`: simulate, graph, epoch, attribution, metrics, tcga
+    quick:bool=False, # the short version
+)->pd.DataFrame:
+    "Run one benchmark of `BENCHMARKS` and return its table (`run_benchmarks` runs several)."
+    if not isinstance(name, str): raise TypeError(f"name must be one benchmark name (a str), got {name!r}; use run_benchmarks for several")
+    return run_benchmarks([name], quick=quick)
 
 # %% ../nbs/09_bench.ipynb #c3c82511
 @call_parse

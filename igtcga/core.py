@@ -1,4 +1,4 @@
-"""Seeds, devices, the cache folder, atomic writes, input checks and quiet progress bars: the plumbing every later notebook uses.
+"""Seeds, devices, the cache folder, atomic writes, input checks, quiet progress bars and model plumbing (evaluation mode, device, batched forward passes): what every later notebook uses.
 
 Docs: https://igtcga.github.io/igtcga/core.html.md"""
 
@@ -6,15 +6,31 @@ Docs: https://igtcga.github.io/igtcga/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #44931f0a
 from __future__ import annotations
-import contextlib, os, random, sys, tempfile
+import contextlib, itertools, os, random, sys, tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 # %% auto #0
-__all__ = ['set_seed', 'get_device', 'cache_dir', 'atomic_path', 'atomic_write', 'check_finite', 'progress_enabled', 'progress',
-           'show_figure']
+__all__ = ['set_seed', 'get_device', 'cache_dir', 'atomic_write', 'check_finite', 'progress', 'forward', 'unit_rows']
+
+# %% ../nbs/00_core.ipynb #3b6ede9c
+def check_int(
+    value, # a Python or NumPy integer (bools and floats are refused)
+    name:str, # how the error message names the argument
+    low:int|None=None, # smallest allowed value (None: no lower bound)
+    high:int|None=None, # largest allowed value, inclusive (None: no upper bound)
+)->int: # `value` as a Python `int`
+    "`value` as an `int` if it is an integer in [`low`, `high`], else a `ValueError` saying which integers `name` takes."
+    if (not isinstance(value, bool) and isinstance(value, (int, np.integer))
+            and (low is None or value >= low) and (high is None or value <= high)): return int(value)
+    if low is not None and high is not None: want = f"an integer in [{low}, {high}]"
+    elif low is not None: want = f"an integer >= {low}"
+    elif high is not None: want = f"an integer <= {high}"
+    else: want = "an integer"
+    raise ValueError(f"{name} must be {want}, got {value!r}")
 
 # %% ../nbs/00_core.ipynb #cd6bb5a3
 def set_seed(
@@ -22,9 +38,7 @@ def set_seed(
     deterministic:bool=False, # also ask PyTorch for deterministic kernels (slower on GPU)
 )->np.random.Generator: # a NumPy `Generator` seeded with `seed`
     "Seed Python's `random`, NumPy's global state and PyTorch (CPU and CUDA) with `seed`; return a seeded `Generator`."
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    seed = int(seed)
+    seed = check_int(seed, "seed", 0, 2**32 - 1)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every CUDA device too
@@ -139,17 +153,106 @@ def progress_enabled(
     if os.environ.get("IN_TEST"): return False
     return _in_jupyter() or sys.stderr.isatty()
 
+# %% ../nbs/00_core.ipynb #9730f734
+def _bar_class():
+    "tqdm's notebook widget in Jupyter when ipywidgets is installed, else the text bar (and never tqdm's IProgress warning)."
+    if _in_jupyter():
+        import importlib.util
+        if importlib.util.find_spec("ipywidgets") is not None:
+            try: from tqdm.notebook import IProgress, tqdm as widget_bar
+            except ImportError: IProgress = None
+            if IProgress is not None: return widget_bar
+    from tqdm.std import tqdm
+    return tqdm
+
 # %% ../nbs/00_core.ipynb #b09bdd07
 def progress(
     iterable=None, # what to iterate over (or None, then call `.update(n)` yourself)
     total:int|None=None, # number of steps, when `iterable` has no length
     desc:str|None=None, # label shown before the bar
     quiet:bool|None=None, # see `progress_enabled`
+    delay:float=1.0, # show the bar only once the loop has run this many seconds (0: at once)
     **kwargs, # passed on to `tqdm`
 ):
-    "A `tqdm` progress bar (a widget in Jupyter) that is silent unless `progress_enabled(quiet)`."
-    from tqdm.auto import tqdm
-    return tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(quiet), **kwargs)
+    "A `tqdm` bar (a widget in Jupyter with ipywidgets) that shows after `delay` seconds, and only if `progress_enabled(quiet)`."
+    bar = _bar_class()
+    if bar.__module__ == "tqdm.std" and _in_jupyter(): kwargs.setdefault("mininterval", 1.0)  # each redraw is one notebook output
+    return bar(iterable, total=total, desc=desc, disable=not progress_enabled(quiet), delay=delay, **kwargs)
+
+# %% ../nbs/00_core.ipynb #379c7581
+def model_device_dtype(
+    model:nn.Module, # any PyTorch module
+)->tuple[torch.device, torch.dtype]: # (device, floating dtype)
+    "Device and dtype of `model`'s first floating parameter (else floating buffer); (cpu, float32) when it has none."
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    first = next((t for t in tensors if t.is_floating_point()), None)
+    if first is not None: return first.device, first.dtype
+    return (tensors[0].device if tensors else torch.device("cpu")), torch.float32
+
+# %% ../nbs/00_core.ipynb #4aa9c2b1
+def _same_device(a:torch.device, b:torch.device)->bool:
+    "Whether two devices are the same one (`cuda` without an index is the current CUDA device)."
+    def full(d):
+        d = torch.device(d)
+        if d.type == "cpu": return "cpu", None
+        if d.index is not None: return d.type, d.index
+        return d.type, torch.cuda.current_device() if d.type == "cuda" else 0
+    return full(a) == full(b)
+
+# %% ../nbs/00_core.ipynb #6c6e540b
+@contextlib.contextmanager
+def evaluating(
+    model:nn.Module, # the model, in evaluation mode inside the block
+    device:str|torch.device|None=None, # also move it there for the block (resolved with `get_device`); None: leave it where it is
+):
+    "Run a block with `model` in evaluation mode (and on `device`); restore every submodule's `training` flag and the device afterwards."
+    flags = [(m, m.training) for m in model.modules()]
+    home = model_device_dtype(model)[0]
+    target = None if device is None else get_device(device)
+    moved = target is not None and not _same_device(target, home)
+    model.eval()
+    try:
+        if moved: model.to(target)
+        yield model
+    finally:
+        if moved: model.to(home)
+        for m, training in flags: m.training = training
+
+# %% ../nbs/00_core.ipynb #1ae62ab5
+def forward(
+    model:nn.Module, # a classifier returning logits
+    X:torch.Tensor, # samples × features, on any device (each chunk goes to the model's device)
+    output:str="logit", # "logit": the model's output; "softmax": class probabilities
+    batch_size:int=4096, # rows per forward pass
+)->torch.Tensor: # samples × classes, on X's device
+    "`model(X)` in chunks of `batch_size` rows, without gradients and in evaluation mode: logits or softmax probabilities."
+    if output not in ("logit", "softmax"): raise ValueError(f"output must be one of ('logit', 'softmax'), got {output!r}")
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}; convert it with torch.as_tensor(X, dtype=...)")
+    if X.ndim != 2: raise ValueError(f"X must be 2-D (samples × features), got shape {tuple(X.shape)}")
+    if len(X) == 0: raise ValueError("X has no rows")
+    batch_size = check_int(batch_size, "batch_size", 1)
+    dev = model_device_dtype(model)[0]
+    with torch.no_grad(), evaluating(model):
+        parts = []
+        for i in range(0, len(X), batch_size):
+            z = model(X[i:i + batch_size].to(dev))
+            parts.append((torch.softmax(z, -1) if output == "softmax" else z).to(X.device))
+    return torch.cat(parts)
+
+# %% ../nbs/00_core.ipynb #6fbd0f6c
+def unit_rows(
+    values, # samples × genes: NumPy array, torch tensor, or an object with `.scores` (e.g. `Attributions`)
+)->np.ndarray: # each row divided by its L2 norm: float32 stays float32, other dtypes become float64
+    "Divide each row of `values` by its L2 norm; all-zero rows stay zero."
+    values = getattr(values, "scores", values)
+    a = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if a.ndim != 2: raise ValueError(f"values must be 2-D (samples × genes), got shape {a.shape}")
+    if a.dtype.kind not in "biuf": raise ValueError(f"values must be numeric, got dtype {a.dtype}")
+    check_finite(a, "values")
+    a = a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
+    norm = np.linalg.norm(a, axis=1, keepdims=True)
+    return np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
 
 # %% ../nbs/00_core.ipynb #c470a245
 def show_figure(

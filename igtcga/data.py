@@ -16,8 +16,9 @@ import pandas as pd
 from .core import atomic_path, check_finite
 
 # %% auto #0
-__all__ = ['ExprData', 'read_expression', 'Split', 'paper_split', 'stratified_split', 'Transform', 'Identity', 'Log2p',
-           'UndoLog2', 'CPM', 'Center', 'Standardize', 'Pipeline', 'transform_for', 'sparse_samples', 'low_count_genes']
+__all__ = ['DATASETS', 'ExprData', 'read_expression', 'Split', 'paper_split', 'stratified_split', 'Transform', 'Identity',
+           'Log2p', 'UndoLog2', 'CPM', 'Center', 'Standardize', 'Pipeline', 'DatasetInfo', 'dataset_info',
+           'informative_genes', 'transform_for', 'sparse_samples', 'low_count_genes']
 
 # %% ../nbs/02_data.ipynb #bca39274
 _logger = logging.getLogger("igtcga")
@@ -500,7 +501,7 @@ class Split:
     "Train and test sample indices (int64), with how they were drawn."
     train:np.ndarray # indices of the training samples
     test:np.ndarray # indices of the test samples
-    method:str="paper" # "paper" (seed-43 shuffle of spec §2.4) or "stratified"
+    method:str="paper" # "paper" (seed-43 shuffle of protocol §2.4) or "stratified"
     seed:int|None=43 # the seed the split was drawn with
     test_size:float=0.4 # the fraction asked for the test set
 
@@ -638,7 +639,7 @@ class Transform:
 
 # %% ../nbs/02_data.ipynb #b710eeb4
 class Identity(Transform):
-    "No transform (the v1 simulations fed raw RPM values to the model, spec §12 B3)."
+    "No transform (the v1 simulations fed raw RPM values to the model, protocol §12 B3)."
     def _apply(self, X): return X.copy()
 
 # %% ../nbs/02_data.ipynb #27a52b67
@@ -654,7 +655,7 @@ class Log2p(Transform):
 
 # %% ../nbs/02_data.ipynb #08cbfe07
 class UndoLog2(Transform):
-    "2^x − 1, element-wise: undoes log2(x + 1) (GDC hub files store log2(count + 1), spec §2.3); stateless."
+    "2^x − 1, element-wise: undoes log2(x + 1) (GDC hub files store log2(count + 1), protocol §2.3); stateless."
     def _apply(self, X):
         if X.size and X.max() > 127: raise ValueError(f"2^x overflows float32 for x = {X.max():g}; are these log2 values?")
         out = X * np.float32(np.log(2))
@@ -690,7 +691,7 @@ def _gene_stats(X:np.ndarray, ddof:int=1, block_elems:int=2**24)->tuple:
 
 # %% ../nbs/02_data.ipynb #2323ad57
 class Center(Transform):
-    "x − per-gene training mean (BRCA/KIRC at HEAD: centred, not scaled, spec §4)."
+    "x − per-gene training mean (BRCA/KIRC at HEAD: centred, not scaled, protocol §4)."
     _state = ("mean",)
     def __init__(self): self.mean, self.n_genes = None, None
     def _fit(self, X):
@@ -739,8 +740,74 @@ class Pipeline(Transform):
     def to_dict(self)->dict: return {"type": "Pipeline", "steps": [s.to_dict() for s in self.steps]}
     def __repr__(self): return "Pipeline(" + " → ".join(repr(s) for s in self.steps) + ")"
 
-# %% ../nbs/02_data.ipynb #0968f78b
-_SIMULATIONS = ("simu1", "simu2", "simua", "simub", "simuc", "simulation", "simulations")
+# %% ../nbs/02_data.ipynb #2f67764d
+@dataclass(frozen=True)
+class DatasetInfo:
+    "What igtcga knows about a named dataset: where it comes from, its input transform, and the study's choices for it."
+    name:str # the dataset's name ("SIMU1", "pancan", ...) or the path of a user's file
+    kind:str # "simulation", "tcga" or "file"
+    transform:str # the input-transform recipe: "simulation", "pancan", "gdc" or "user" (see `transform_for`)
+    baseline:str="zero" # the study's IG baseline (protocol §6.2)
+    studied:tuple|None=None # the studied classes (indices); None: every class
+    small_samples:int|None=None # samples of the few-minute default run (simulations; the paper's size is the preset's)
+
+
+# %% ../nbs/02_data.ipynb #f9bce569
+DATASETS = {
+    "SIMU1": DatasetInfo("SIMU1", "simulation", "simulation", small_samples=1650),
+    "SIMU2": DatasetInfo("SIMU2", "simulation", "simulation", small_samples=1650),
+    "SimuA": DatasetInfo("SimuA", "simulation", "simulation", "class_mean:1", (0,), 400),
+    "SimuB": DatasetInfo("SimuB", "simulation", "simulation", "class_mean:1", (0,), 400),
+    "SimuC": DatasetInfo("SimuC", "simulation", "simulation", "class_mean:1", (0,), 600),
+    "pancan": DatasetInfo("pancan", "tcga", "pancan"),
+    "brca": DatasetInfo("brca", "tcga", "gdc", "class_mean:1", (0,)),
+    "kirc": DatasetInfo("kirc", "tcga", "gdc", "class_mean:1", (0,)),
+}
+
+# %% ../nbs/02_data.ipynb #394074cb
+_FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".gz", ".h5ad")
+
+def dataset_info(
+    dataset:str, # a preset name ("SIMU1", ..., "SimuC"), "pancan"/"brca"/"kirc" (any case), or a file path
+)->DatasetInfo:
+    "The registry entry of `dataset`; a user's file gets the defaults for real data (zero baseline, every class studied)."
+    if dataset in DATASETS: return DATASETS[dataset]
+    if str(dataset).lower() in DATASETS and DATASETS[str(dataset).lower()].kind == "tcga": return DATASETS[str(dataset).lower()]
+    if Path(str(dataset)).suffix.lower() in _FILE_SUFFIXES: return DatasetInfo(str(dataset), "file", "user")
+    raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}, or the path of a .csv/.tsv(.gz)/.h5ad file")
+
+
+# %% ../nbs/02_data.ipynb #009a9a12
+def _group_classes(data)->dict|None:
+    "The simulation's subclass -> class map of `data` (None without subclasses)."
+    if data.subclass is None: return None
+    regroup = (data.meta or {}).get("simulation", {}).get("regroup")
+    if regroup is not None and len(regroup) == len(data.subclasses):  # the simulation's subclass -> class map
+        return dict(enumerate(np.asarray(regroup, dtype=np.int64).tolist()))
+    pairs = np.unique(np.stack([data.subclass, data.y]), axis=1)  # else read it from the samples
+    if len(np.unique(pairs[0])) != pairs.shape[1]: raise ValueError("a subclass spans several classes in this dataset")
+    return dict(zip(pairs[0].tolist(), pairs[1].tolist()))
+
+# %% ../nbs/02_data.ipynb #93f06211
+def informative_genes(
+    truth, # an `ExprData` with ground truth, or a dict group (class or subclass) -> its own informative gene indices
+    group_class:dict|None=None, # group -> model class (for subclasses); None: each group is a class (ignored for `ExprData`)
+    n_classes:int|None=None, # number of model classes (default: from `ExprData`, else the number of classes in `group_class`/`truth`)
+    rule:str="auto", # "auto" (two classes → own ∪ other class, else own; protocol §3.5), "own", or "with_other"
+)->dict: # group -> sorted gene indices that count as informative for it
+    "The informative genes of each class or subclass, with the study's rule for two-class problems."
+    if rule not in ("auto", "own", "with_other"): raise ValueError(f"rule must be one of ('auto', 'own', 'with_other'), got {rule!r}")
+    if hasattr(truth, "truth") and hasattr(truth, "y"):
+        if truth.truth is None: raise ValueError("this dataset has no ground truth (truth=None): feature agreement needs a simulation")
+        truth, n_classes, group_class = truth.truth, truth.n_classes, _group_classes(truth)
+    truth = {int(k): np.unique(np.asarray(v, dtype=np.int64)) for k, v in truth.items()}
+    group_class = {g: g for g in truth} if group_class is None else {int(k): int(v) for k, v in group_class.items()}
+    missing = [g for g in truth if g not in group_class]
+    if missing: raise KeyError(f"group_class does not give the class of group(s) {missing}")
+    if n_classes is None: n_classes = len(set(group_class.values()))
+    if rule == "own" or (rule == "auto" and n_classes != 2): return truth
+    return {g: np.union1d(genes, np.concatenate([truth[h] for h in truth if group_class[h] != group_class[g]] + [np.zeros(0, np.int64)]))
+            for g, genes in truth.items()}
 
 # %% ../nbs/02_data.ipynb #a68bac27
 def transform_for(
@@ -748,15 +815,17 @@ def transform_for(
     version:str="head", # "head" (the original README's reference numbers) or "v1" (arXiv-time code: raw values for the simulations)
     log:bool=True, # for "user": apply log2(x + 1) before standardising (False for data already on a log scale)
 )->Transform:
-    "The unfitted input transform of `dataset` (spec §4); fit it on the training split."
+    "The unfitted input transform of `dataset` (protocol §4); fit it on the training split."
     name = str(dataset).strip().lower()
     if version not in ("head", "v1"): raise ValueError(f"version must be 'head' or 'v1', got {version!r}")
-    if name == "pancan": return Pipeline([Log2p(), Standardize()])
-    if name in ("brca", "kirc"):
+    known = {k.lower(): v.transform for k, v in DATASETS.items()}
+    recipe = {"simulation": "simulation", "simulations": "simulation", "user": "user"}.get(name, known.get(name))
+    if recipe == "pancan": return Pipeline([Log2p(), Standardize()])
+    if recipe == "gdc":
         if version == "v1": raise ValueError(f"{dataset} is not in the v1 (arXiv-time) code; use version='head'")
         return Pipeline([UndoLog2(), CPM(), Log2p(), Center()])
-    if name in _SIMULATIONS: return Standardize() if version == "head" else Identity()
-    if name == "user": return Pipeline([Log2p(), Standardize()]) if log else Standardize()
+    if recipe == "simulation": return Standardize() if version == "head" else Identity()
+    if recipe == "user": return Pipeline([Log2p(), Standardize()]) if log else Standardize()
     raise ValueError(f"no transform recipe for {dataset!r}: use 'pancan', 'BRCA', 'KIRC', 'SIMU1', 'SIMU2', 'SimuA', "
                      "'SimuB', 'SimuC', 'simulation' or 'user' (or build a Pipeline yourself)")
 

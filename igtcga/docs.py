@@ -6,7 +6,7 @@ Docs: https://igtcga.github.io/igtcga/docs.html.md"""
 
 # %% ../nbs/00a_docs.ipynb #f2b3ea45
 from __future__ import annotations
-import copy, html, json, re, shutil
+import copy, html, json, re, shutil, warnings
 from pathlib import Path
 
 from fastcore.script import call_parse, store_true
@@ -14,7 +14,7 @@ from fastcore.script import call_parse, store_true
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['cell_directives', 'prepare_cells', 'readme_markdown', 'write_readme', 'build_site', 'docs_cli']
+__all__ = ['write_readme', 'build_site', 'docs_cli']
 
 # %% ../nbs/00a_docs.ipynb #7308d06f
 def _need(module:str):
@@ -80,6 +80,7 @@ def readme_markdown(
     exporter = nbconvert.MarkdownExporter()
     body, resources = exporter.from_notebook_node(nb, resources={"output_files_dir": files_dir, "unique_key": "index"})
     body = re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
+    body = re.sub(r"\]\((?![a-z]+:|/|#)([^)\s]+\.ipynb(?:#[^)\s]*)?)\)", r"](nbs/\1)", body)  # the README sits beside nbs/
     header = "<!-- Generated from nbs/index.ipynb by `igtcga-docs --readme`: edit the notebook, not this file. -->\n\n"
     return header + body, dict(resources.get("outputs", {}))
 
@@ -108,11 +109,65 @@ def _front_matter(nb:dict)->dict:
     return {}
 
 # %% ../nbs/00a_docs.ipynb #be3ba556
-def _localise(text:str, doc_url:str)->str:
-    "Relative links instead of links to the published docs; no Quarto link attributes."
+_NB_LINK = re.compile(r"""(\]\(\s*<?|href=["'])([\w.-]+)\.ipynb(?=[#)"'>\s])""")
+
+def _localise(
+    text:str, # Markdown or HTML of one cell
+    doc_url:str, # the published docs URL that nbdev's links start with
+    nb_pages:dict|None=None, # notebook file name -> page file, for links between notebooks
+)->str:
+    "Relative links instead of links to the published docs; `x.ipynb` links to their page; no Quarto link attributes."
     if doc_url: text = text.replace(doc_url.rstrip("/") + "/", "")
     text = re.sub(r"(\]\([^)]*\))\{[^}]*\}", r"\1", text)
-    return re.sub(r"(\.html)\.md\b", r"\1", text)
+    text = re.sub(r"(\.html)\.md\b", r"\1", text)
+    page = lambda m: m[1] + (nb_pages or {}).get(m[2] + ".ipynb", re.sub(r"^\d+[a-z]?_", "", m[2]) + ".html")
+    return _NB_LINK.sub(page, text)
+
+# %% ../nbs/00a_docs.ipynb #74b9aa6c
+_MATH = re.compile(r"""
+  (?P<fence>^[ \t]*(?P<f>`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*(?P=f)[ \t]*$|\Z))  # fenced code block
+| (?P<tick>`+).+?(?<!`)(?P=tick)(?!`)                                       # code span
+| <(?P<tag>code|pre)\b.*?</(?P=tag)>                                        # HTML code
+| \\\$                                                                      # escaped dollar
+| \$\$(?P<display>.+?)\$\$                                                  # display formula
+| \$(?P<inline>[^\s$`](?:[^$`]*?[^\s$`\\])?)\$(?!\d)                       # inline formula
+""", re.S | re.M | re.X)
+_SLOT = re.compile(r"igtcgamath(\d+)z")
+
+def protect_math(
+    text:str, # Markdown
+    store:list, # receives (TeX, display?) for each formula; its index names the placeholder
+)->str: # `text` with each formula replaced by a placeholder
+    "Take the `$...$` and `$$...$$` formulas out of Markdown `text`, leaving code and `\\$` as they are."
+    def slot(m):
+        tex, display = (m["display"], True) if m["display"] is not None else (m["inline"], False)
+        if tex is None or (not display and re.search(r"\n[ \t]*\n", tex)): return m.group()
+        store.append((tex.strip(), display))
+        return f"igtcgamath{len(store)-1}z"
+    return _MATH.sub(slot, text)
+
+# %% ../nbs/00a_docs.ipynb #56cc3df6
+_MATHML_FIXES = [("<mi>&#x0007E;</mi>", "<mo>&#x0223C;</mo>"), # `\sim` is a relation, not a letter "~"
+                 ("<mo>&#x0007C;</mo>", '<mo lspace="0" rspace="0">&#x0007C;</mo>'), # `|x|`, `\lvert`: no space inside, as in TeX
+                 ("<mo>&#x02016;</mo>", '<mo lspace="0" rspace="0">&#x02016;</mo>')] # `\|x\|`, `\lVert`
+
+def _mathml(tex:str, display:bool)->str:
+    "MathML for one formula, or the TeX as code (with a warning) when `latex2mathml` cannot read it."
+    convert = _need("latex2mathml.converter").convert
+    try: mathml = convert(tex, display="block" if display else "inline")
+    except Exception as e:
+        warnings.warn(f"formula left as TeX, latex2mathml cannot convert {tex!r}: {e}")
+        return f'<code class="igtcga-tex">{html.escape(tex)}</code>'
+    for old, new in _MATHML_FIXES: mathml = mathml.replace(old, new)
+    return mathml
+
+def restore_math(
+    page:str, # HTML rendered from Markdown that went through `protect_math`
+    store:list, # the formulas `protect_math` took out
+)->str: # `page` with MathML in place of the placeholders
+    "Put the formulas back as MathML (as plain TeX inside tag attributes, e.g. heading ids)."
+    in_tags = re.sub(r"<[^<>]*>", lambda t: _SLOT.sub(lambda m: html.escape(store[int(m[1])][0]), t.group()), page)
+    return _SLOT.sub(lambda m: _mathml(*store[int(m[1])]), in_tags)
 
 # %% ../nbs/00a_docs.ipynb #c957da74
 _PAGE_CSS = """
@@ -125,6 +180,19 @@ body { margin: 0; }
 .igtcga-sidebar .brand { font-size: 1.3rem; font-weight: 700; margin-bottom: 0.8rem; }
 .igtcga-page { margin-left: 17rem; max-width: 62rem; padding: 1rem 2rem; }
 .igtcga-description { font-style: italic; opacity: 0.75; font-size: 1.15rem; }
+.igtcga-description code { font-style: normal; }
+math { font-family: "STIX Two Math", "Latin Modern Math", "Cambria Math", "DejaVu Math TeX Gyre", math; font-size: 1.1em; }
+math[display="block"] { margin: 0.6em 0; overflow-x: auto; overflow-y: hidden; }
+.jp-InputArea, .jp-InputArea-editor, .jp-Cell-inputWrapper { overflow: visible; min-width: 0; }
+.jp-InputArea-editor { flex: 1 1 auto; }
+.jp-InputArea-editor .highlight pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+.jp-RenderedMarkdown .highlight, .jp-RenderedMarkdown pre { background: var(--jp-cell-editor-background, #f7f7f7);
+  border: var(--jp-border-width, 1px) solid var(--jp-cell-editor-border-color, #e0e0e0); border-radius: 4px; margin: 0 0 1em; }
+.jp-RenderedMarkdown .highlight pre, .jp-RenderedMarkdown pre { padding: 0.5em 0.8em; overflow-x: auto;
+  font-family: var(--jp-code-font-family, monospace); font-size: var(--jp-code-font-size, 13px); line-height: 1.4; }
+.jp-RenderedMarkdown .highlight pre { margin: 0; border: none; }
+.jp-OutputArea-output pre { overflow-x: auto; }
+.jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }
 """
 
 # %% ../nbs/00a_docs.ipynb #42468e48
@@ -145,56 +213,82 @@ def _standard_cell(cell:dict, i:int)->dict:
     out["id"] = f"cell-{i}"
     return out
 
-# %% ../nbs/00a_docs.ipynb #0e0c8508
-def _render_page(nb:dict, page:dict, pages:list, site_title:str, doc_url:str)->str:
-    "One notebook as a complete HTML page with the sidebar."
-    nbformat, nbconvert = _need("nbformat"), _need("nbconvert")
-    nb = prepare_cells(nb)
-    cells = [c for c in nb["cells"] if c["cell_type"] != "raw"]
-    head = f"# {page['title']}\n\n" + (f'<p class="igtcga-description">{html.escape(page["description"])}</p>' if page.get("description") else "")
+# %% ../nbs/00a_docs.ipynb #487afa10
+_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{% block html_head_js %}{% endblock html_head_js %}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{% block html_head_js_mathjax %}{% endblock html_head_js_mathjax %}
+{% block html_head_js_mermaidjs %}{% endblock html_head_js_mermaidjs %}
+"""
+
+def _inline_html(text:str)->str:
+    "One line of Markdown text (a page description) as HTML: escaped, with its `code` spans as `<code>`."
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+# %% ../nbs/00a_docs.ipynb #1dd0818e
+def _page_cells(nb:dict, page:dict, doc_url:str, nb_pages:dict, store:list)->list:
+    "The cells of one page: a title cell first, links made local, formulas taken out into `store`."
+    cells = [c for c in prepare_cells(nb)["cells"] if c["cell_type"] != "raw"]
+    head = f"# {page['title']}\n\n" + (f'<p class="igtcga-description">{_inline_html(page["description"])}</p>' if page.get("description") else "")
     cells.insert(0, {"cell_type": "markdown", "metadata": {}, "source": head})
+    md = lambda s: protect_math(_localise("".join(s), doc_url, nb_pages), store)
     for c in cells:
-        if c["cell_type"] == "markdown": c["source"] = _localise("".join(c["source"]), doc_url)
+        if c["cell_type"] == "markdown": c["source"] = md(c["source"])
         for o in c.get("outputs", []):
             if "text/markdown" in o.get("data", {}):
-                o["data"]["text/markdown"] = _localise("".join(o["data"]["text/markdown"]), doc_url)
+                o["data"]["text/markdown"] = md(o["data"]["text/markdown"])
                 o["data"].pop("text/plain", None)
         if c.get("metadata", {}).get("igtcga_hide_input"): c["metadata"]["tags"] = ["remove_input"]
-    nb["cells"] = [_standard_cell(c, i) for i, c in enumerate(cells)]
+    return [_standard_cell(c, i) for i, c in enumerate(cells)]
+
+# %% ../nbs/00a_docs.ipynb #0e0c8508
+def _render_page(nb:dict, page:dict, pages:list, site_title:str, doc_url:str, nb_pages:dict|None=None)->str:
+    "One notebook as a complete HTML page with the sidebar."
+    nbformat, nbconvert = _need("nbformat"), _need("nbconvert")
+    store = []
+    nb = dict(nb, cells=_page_cells(nb, page, doc_url, nb_pages or {}, store))
     node = nbformat.reads(json.dumps(nb), as_version=4)
     from traitlets.config import Config
     config = Config()
     config.TagRemovePreprocessor.enabled = True
     config.TagRemovePreprocessor.remove_input_tags = {"remove_input"}
-    exporter = nbconvert.HTMLExporter(config=config, template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter = nbconvert.HTMLExporter(config=config, template_name="lab", raw_template=_TEMPLATE,
+                                      exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(node, resources={"metadata": {"name": page["title"]}})
     body = re.sub(r"<title>.*?</title>", f"<title>{html.escape(page['title'])} – {html.escape(site_title)}</title>", body, count=1, flags=re.S)
     body = body.replace("</head>", f"<style>{_PAGE_CSS}</style>\n</head>", 1)
     body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _sidebar(pages, page["file"], site_title) + '<div class="igtcga-page">', body, count=1)
-    return body.replace("</body>", "</div></body>", 1)
+    return restore_math(body.replace("</body>", "</div></body>", 1), store)
 
 # %% ../nbs/00a_docs.ipynb #092eea2f
+_FIRST_PAGES = ("index", "protocol") # the home page, then the study's protocol that every notebook cites
+
+def _page_order(p:Path)->tuple:
+    "Sort key of the sidebar: `_FIRST_PAGES` in that order, then the notebooks by file name."
+    return (_FIRST_PAGES.index(p.stem) if p.stem in _FIRST_PAGES else len(_FIRST_PAGES), p.name)
+
 def build_site(
     root:str|Path=".", # the project root (holds `pyproject.toml` and `nbs/`)
     out:str|Path="_site", # output folder (relative to `root` unless absolute)
     n_workers:int=0, # processes for nbdev's notebook processing (0: in this process)
 )->Path: # the site folder
     "Render every notebook in `nbs/` to a static HTML page with a navigation sidebar; return the folder."
-    _need("nbconvert"); serve = _need("nbdev.serve"); config = _need("nbdev.config")
+    _need("nbconvert"); _need("latex2mathml"); serve = _need("nbdev.serve"); config = _need("nbdev.config")
     root = Path(root).resolve()
     out = Path(out) if Path(out).is_absolute() else root/out
     cfg = config.get_config(root)
     proc = Path(serve.proc_nbs(str(cfg.nbs_path), n_workers=n_workers))
-    nbs = sorted(proc.glob("*.ipynb"), key=lambda p: (p.stem != "index", p.name))
+    nbs = sorted(proc.glob("*.ipynb"), key=_page_order)
     loaded = [json.loads(p.read_text(encoding="utf-8")) for p in nbs]
     pages = []
     for p, nb in zip(nbs, loaded):
         fm = _front_matter(nb)
         pages.append(dict(file=fm.get("output-file", p.stem + ".html"), title=str(fm.get("title", p.stem)),
                           description=str(fm.get("description", ""))))
+    nb_pages = {p.name: page["file"] for p, page in zip(nbs, pages)}
     out.mkdir(parents=True, exist_ok=True)
     for nb, page in zip(loaded, pages):
-        text = _render_page(nb, page, pages, cfg.title or cfg.lib_name, cfg.doc_url)
+        text = _render_page(nb, page, pages, cfg.title or cfg.lib_name, cfg.doc_url, nb_pages)
         with atomic_write(out/page["file"], "w") as f: f.write(text)
     return out
 

@@ -15,38 +15,12 @@ import pandas as pd
 from fastcore.script import call_parse, store_true
 
 from .core import atomic_write, cache_dir, progress
-from .data import ExprData, paper_split, read_expression, stratified_split, transform_for
+from .data import DATASETS, ExprData, dataset_info, paper_split, read_expression, stratified_split, transform_for
 from .models import MODELS, build_model
 
 # %% auto #0
-__all__ = ['SIMULATIONS', 'TCGA', 'RESULT_COLUMNS', 'dataset_kind', 'xai_defaults', 'Experiment', 'step_key', 'load_dataset',
-           'make_split', 'make_transform', 'model_factory', 'studied_test', 'evaluate_run', 'stability_and_curves',
-           'summarise', 'markdown_table', 'report_markdown', 'plot_summary', 'run_experiment', 'run_datasets',
+__all__ = ['RESULT_COLUMNS', 'Experiment', 'summarise', 'report_markdown', 'plot_summary', 'run_experiment', 'run_datasets',
            'reproduce_cli']
-
-# %% ../nbs/08_experiments.ipynb #b6814fc8
-SIMULATIONS = ("SIMU1", "SIMU2", "SimuA", "SimuB", "SimuC")
-TCGA = ("pancan", "brca", "kirc")
-
-# %% ../nbs/08_experiments.ipynb #df77e748
-def dataset_kind(
-    dataset:str, # a preset name, "pancan"/"brca"/"kirc", or a file path
-)->str: # "simulation", "tcga" or "file"
-    "Which of the three kinds of data `dataset` names."
-    if dataset in SIMULATIONS: return "simulation"
-    if str(dataset).lower() in TCGA: return "tcga"
-    if Path(dataset).suffix.lower() in (".csv", ".tsv", ".txt", ".gz", ".h5ad"): return "file"
-    raise ValueError(f"unknown dataset {dataset!r}: use one of {list(SIMULATIONS) + list(TCGA)} or the path of a "
-                     ".csv/.tsv(.gz)/.h5ad file")
-
-# %% ../nbs/08_experiments.ipynb #6c114ad7
-def xai_defaults(
-    dataset:str, # dataset name or path
-)->tuple[str, list|None]: # (baseline choice, studied classes: None means all)
-    "The original study's baseline and studied classes for `dataset` (spec §6.2)."
-    name = str(dataset).lower()
-    if name in ("brca", "kirc") or dataset in ("SimuA", "SimuB", "SimuC"): return "class_mean:1", [0]
-    return "zero", None
 
 # %% ../nbs/08_experiments.ipynb #2f5513e9
 @dataclass
@@ -59,10 +33,10 @@ class Experiment:
     data_seed:int=0 # simulations: seed of the simulated dataset
     labels:str|None=None # your own matrix: sample sheet with the labels
     label_column:str="class" # column holding the labels
-    split:str="auto" # "paper" (seed-43 shuffle, spec §2.4), "stratified", or "auto" (paper, stratified for your files)
-    epochs:int=25 # training epochs (spec §5.2)
+    split:str="auto" # "paper" (seed-43 shuffle, protocol §2.4), "stratified", or "auto" (paper, stratified for your files)
+    epochs:int=25 # training epochs (protocol §5.2)
     shuffle:bool=True # reshuffle the batches every epoch (False: the original's fixed batch order)
-    n_steps:int=3000 # IG quadrature nodes (spec §6.1)
+    n_steps:int=3000 # IG quadrature nodes (protocol §6.1)
     tol:float=1e-4 # IG completeness tolerance (probability units); steps are doubled until it holds
     baseline:str|None=None # IG baseline; None: the study's choice for the dataset
     studied_classes:list|None=None # classes explained and evaluated; None: the study's choice
@@ -76,18 +50,17 @@ class Experiment:
         bad = [m for m in self.models if m not in MODELS]
         if bad or not self.models: raise ValueError(f"unknown model(s) {bad or self.models}; choose from {', '.join(MODELS)}")
         if self.runs < 1: raise ValueError(f"runs must be >= 1, got {self.runs}")
-        self.kind = dataset_kind(self.dataset)
-        if self.kind == "tcga": self.dataset = self.dataset.lower()
-        base, studied = xai_defaults(self.dataset)
-        if self.baseline is None: self.baseline = base
-        if self.studied_classes is None: self.studied_classes = studied
+        info = dataset_info(self.dataset)
+        self.kind, self.dataset = info.kind, info.name
+        if self.baseline is None: self.baseline = info.baseline
+        if self.studied_classes is None: self.studied_classes = None if info.studied is None else list(info.studied)
         if self.split == "auto": self.split = "stratified" if self.kind == "file" else "paper"
         if self.split not in ("paper", "stratified"): raise ValueError(f"split must be 'paper', 'stratified' or 'auto', got {self.split!r}")
 
     @classmethod
     def small(cls, dataset:str="SIMU1", **kwargs)->Experiment:
         "A few-minute version: reduced simulations (50 samples per class for 33 classes), 3 seeds."
-        n = {"SIMU1": 1650, "SIMU2": 1650, "SimuA": 400, "SimuB": 400, "SimuC": 600}.get(dataset)
+        n = DATASETS[dataset].small_samples if dataset in DATASETS else None
         return cls(**{**dict(dataset=dataset, runs=3, n_samples=n), **kwargs})
 
     @classmethod
@@ -132,8 +105,8 @@ def make_split(exp:Experiment, data:ExprData):
 
 # %% ../nbs/08_experiments.ipynb #6dc8915f
 def make_transform(exp:Experiment):
-    "The unfitted input transform of the dataset (spec §4); for your own files, log2(x+1) then standardise."
-    return transform_for(exp.dataset if exp.kind != "file" else "user")
+    "The unfitted input transform of the dataset (protocol §4); for your own files, log2(x+1) then standardise."
+    return transform_for(dataset_info(exp.dataset).transform if exp.kind == "file" else exp.dataset)
 
 # %% ../nbs/08_experiments.ipynb #e03471e6
 def model_factory(name:str, data:ExprData, graph=None):
@@ -156,6 +129,26 @@ def studied_test(
     if not len(rows): raise ValueError(f"no test sample belongs to the studied classes {studied}")
     return studied, test.subset(rows)
 
+# %% ../nbs/08_experiments.ipynb #da6780ff
+def explained_test(
+    exp:Experiment, # the experiment
+    result, # a `TrainResult`
+    data:ExprData, # the whole dataset
+    path:Path|None=None, # cache file of the attributions (written without the model inputs, which are re-attached)
+    quiet:bool|None=None,
+):
+    "The IG `Attributions` of the run's studied test samples, computed once and cached."
+    from igtcga.attribution import Attributions, explain
+    _, test = studied_test(exp, result, data)
+    if path is not None and path.exists():
+        att = Attributions.load(path)
+        if att.sample_ids != list(test.samples): raise ValueError(f"{path} holds other samples than this run's test set: delete it")
+        return att.with_inputs(result.transform.transform(test.X) if result.transform is not None else test.X)
+    att = explain(result, test, baseline=exp.baseline, reference=data.subset(result.train_idx), n_steps=exp.n_steps,
+                  tol=exp.tol, device=exp.device, quiet=quiet)
+    if path is not None: att.save(path, inputs=False)
+    return att
+
 # %% ../nbs/08_experiments.ipynb #4b747e76
 def evaluate_run(
     exp:Experiment, # the experiment
@@ -166,23 +159,12 @@ def evaluate_run(
     quiet:bool|None=None,
 )->dict:
     "IG attributions of the studied test samples, then every prediction-gap and feature-agreement column (in %)."
-    from igtcga.attribution import Attributions, explain
     from igtcga.metrics import feature_agreements, prediction_gaps
-    model = result.model.eval()
-    studied, test = studied_test(exp, result, data)
-    train = data.subset(result.train_idx)
-    if attributions_path is not None and attributions_path.exists(): att = Attributions.load(attributions_path)
-    else:
-        att = explain(model, test, baseline=exp.baseline, reference=train, transform=result.transform, n_steps=exp.n_steps,
-                      tol=exp.tol, device=exp.device, quiet=quiet)
-        if attributions_path is not None: att.save(attributions_path)
-    inputs = result.transform.transform(test.X) if result.transform is not None else test.X
-    out = prediction_gaps(model, inputs, test.y, att.scores, att.baseline, classes=studied, gap=exp.gap, n_random=exp.n_random)
+    att = explained_test(exp, result, data, attributions_path, quiet)
+    out = prediction_gaps(result.model, att, gap=exp.gap, n_random=exp.n_random)
     out["IG_steps_max"] = int(att.n_steps.max()) if att.n_steps is not None else exp.n_steps
     out["IG_completeness_max"] = float(att.completeness.max()) if att.completeness is not None else float("nan")
-    if data.truth is not None:
-        out.update(feature_agreements(att.scores, test, correct=att.correct, classes=studied,
-                                      diffusion=None if graph is None else graph.diffusion))
+    if att.truth is not None: out.update(feature_agreements(result.model, att, None if graph is None else graph.diffusion))
     return out
 
 # %% ../nbs/08_experiments.ipynb #ac84cddf
@@ -197,22 +179,18 @@ def stability_and_curves(
     "Top-k agreement of the gene rankings across retrainings, and balanced accuracy against the number of genes kept."
     from igtcga.attribution import Attributions
     from igtcga.metrics import accuracy_curves, gene_scores, ranking_stability
-    rankings, att = [], None
+    rankings = []
     for p in attribution_paths:  # one run's attributions in memory at a time (10 × 240 MB for SIMU1)
         a = Attributions.load(p)
         rankings.append(gene_scores(a.scores, a.labels, "balanced_abs", correct=a.correct))
-        att = a if att is None else att
     columns = ["k", "overlap_mean", "overlap_std", "jaccard_mean"]
     if len(rankings) > 1:
         stability = ranking_stability(np.stack(rankings)).groupby("k").agg(
             overlap_mean=("overlap", "mean"), overlap_std=("overlap", "std"), jaccard_mean=("jaccard", "mean")).reset_index()
     else: stability = pd.DataFrame(columns=columns)
-    first = results[0]
-    studied, test = studied_test(exp, first, data)  # the rows `evaluate_run` attributed, in its order
-    inputs = first.transform.transform(test.X) if first.transform is not None else test.X
+    att = explained_test(exp, results[0], data, attribution_paths[0])  # the first run's attributions, with their inputs
     ks = np.unique(np.geomspace(1, data.n_genes, n_points).astype(np.int64))  # a log grid: the study's linear one costs 20× more
-    table = accuracy_curves(first.model.eval(), inputs, test.y, att.scores, att.baseline, classes=studied, k_class=ks,
-                            k_global=ks, n_random=n_random)
+    table = accuracy_curves(results[0].model, att, k_class=ks, k_global=ks, n_random=n_random)
     curves = table.groupby(["curve", "k"], sort=False).agg(
         n_kept=("n_kept", "mean"), balanced_accuracy=("balanced_accuracy", "mean"),
         balanced_accuracy_std=("balanced_accuracy", "std")).reset_index()

@@ -18,8 +18,7 @@ from .bench import measure
 from .core import atomic_path, cache_dir, check_finite, get_device, progress
 
 # %% auto #0
-__all__ = ['unit_columns', 'correlation_graph', 'diffusion_matrix', 'to_torch_sparse', 'graph_key', 'cached_correlation_graph',
-           'GeneGraph', 'gene_graph', 'benchmark']
+__all__ = ['correlation_graph', 'diffusion_matrix', 'GeneGraph', 'gene_graph']
 
 # %% ../nbs/03_graph.ipynb #09239be8
 def unit_columns(
@@ -275,11 +274,13 @@ def _reference(X, threshold):
     return _fingerprint(sp.csr_matrix(R))
 
 # %% ../nbs/03_graph.ipynb #f8628dcf
-def benchmark(
+def _benchmark(
     quick:bool=False, # small sizes (seconds) instead of the paper's (minutes)
+    tiny:bool=False, # tiny sizes, for tests: the code paths of the quick version in a second
 )->list[dict]:
     "Rows for `igtcga-bench graph`: blockwise sparse correlation graph vs dense `np.corrcoef` + threshold."
-    cases = ([("SIMU1-like", 2000, 3000, True), ("SimuA-like", 300, 8000, True)] if quick else
+    cases = ([("SIMU1-like", 200, 300, True), ("SimuA-like", 100, 500, False)] if tiny else
+             [("SIMU1-like", 2000, 3000, True), ("SimuA-like", 300, 8000, True)] if quick else
              [("SIMU1 train", 5940, 15000, True), ("SimuA train", 720, 50000, False)])
     rows = []
     for name, n, g, run_reference in cases:

@@ -6,7 +6,7 @@ Docs: https://igtcga.github.io/igtcga/metrics.html.md"""
 
 # %% ../nbs/07_metrics.ipynb #d0ea4afd
 from __future__ import annotations
-import contextlib, copy, math, warnings
+import copy, math, warnings
 from itertools import combinations
 
 import numpy as np
@@ -15,14 +15,14 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from .core import check_finite
+from .attribution import Attributions, attribute, class_means, linear_first
+from .core import check_finite, check_int, evaluating, forward, model_device_dtype, unit_rows
 
 # %% auto #0
-__all__ = ['CURVES', 'unit_rows', 'diffuse', 'pg_points', 'pg_slow', 'pg_exact', 'linear_parts', 'pg_samples', 'feature_order',
-           'PredictionGap', 'prediction_gaps', 'informative_genes', 'FeatureAgreement', 'AttributionAUC',
-           'feature_agreements', 'gene_grid', 'class_gene_scores', 'gene_scores', 'gene_ranks', 'accuracy_curves',
-           'plot_curves', 'topk_overlap', 'ranking_stability', 'rank_correlations', 'plot_stability_heatmap',
-           'attribution_similarity', 'parameter_randomisation_test', 'label_permutation_test', 'benchmark']
+__all__ = ['CURVES', 'diffuse', 'PredictionGap', 'prediction_gaps', 'FeatureAgreement', 'AttributionAUC', 'evaluate',
+           'feature_agreements', 'gene_scores', 'gene_ranks', 'accuracy_curves', 'AccuracyCurves', 'plot_curves',
+           'topk_overlap', 'ranking_stability', 'rank_correlations', 'plot_stability_heatmap', 'attribution_similarity',
+           'parameter_randomisation_test', 'label_permutation_test']
 
 # %% ../nbs/07_metrics.ipynb #a7d67e6a
 def _as_numpy(values, name:str, ndim:int|None=None)->np.ndarray:
@@ -36,22 +36,12 @@ def _as_numpy(values, name:str, ndim:int|None=None)->np.ndarray:
     check_finite(arr, name)
     return arr
 
-# %% ../nbs/07_metrics.ipynb #11b65b14
-def unit_rows(
-    attributions, # samples × genes (array, tensor, or object with `.scores`)
-)->np.ndarray: # each row divided by its L2 norm (float64 unless the input is float32)
-    "Divide each sample's attributions by their L2 norm (spec §6.4); all-zero rows stay zero."
-    a = _as_numpy(attributions, "attributions", 2)
-    a = a.astype(a.dtype if a.dtype.kind == "f" else np.float64, copy=False)
-    norm = np.linalg.norm(a, axis=1, keepdims=True)
-    return np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
-
 # %% ../nbs/07_metrics.ipynb #c30988bb
 def diffuse(
     attributions, # samples × genes
     operator, # genes × genes diffusion operator Â: scipy sparse, dense array, torch tensor, or an object with `.diffusion`
 )->np.ndarray: # a_s Â for every sample s
-    "Diffuse attributions over the gene graph (spec §7): each row a_s becomes a_s Â."
+    "Diffuse attributions over the gene graph (protocol §7): each row a_s becomes a_s Â."
     a = _as_numpy(attributions, "attributions", 2)
     op = getattr(operator, "diffusion", operator)
     if isinstance(op, torch.Tensor): op = op.to_dense().cpu().numpy() if op.is_sparse or op.layout != torch.strided else op.cpu().numpy()
@@ -69,28 +59,10 @@ def pg_points(
 )->tuple[np.ndarray, np.ndarray]: # (genes replaced at each point, width of each point)
     "Number of genes replaced at each point of a prediction-gap curve, and each point's width (its weight is width/G)."
     if tail not in ("drop", "include"): raise ValueError(f"tail must be 'drop' or 'include', got {tail!r}")
-    if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or not 1 <= gap <= n_genes:
-        raise ValueError(f"gap must be an integer in [1, n_genes = {n_genes}], got {gap!r}")
+    check_int(gap, "gap", 1, n_genes)
     ends = np.arange(gap, (n_genes // gap) * gap + 1, gap, dtype=np.int64)
     if tail == "include" and n_genes % gap: ends = np.append(ends, n_genes)
     return ends, np.diff(ends, prepend=0)
-
-# %% ../nbs/07_metrics.ipynb #d6e46abd
-def _model_device_dtype(model:nn.Module)->tuple[torch.device, torch.dtype]:
-    p = next(iter(model.parameters()), None)
-    if p is None: p = next(iter(model.buffers()), None)
-    return (p.device, p.dtype) if p is not None and p.dtype.is_floating_point else (torch.device("cpu"), torch.float32)
-
-# %% ../nbs/07_metrics.ipynb #5e30558c
-@contextlib.contextmanager
-def _eval_mode(model:nn.Module):
-    "Put `model` in eval mode (no dropout, BatchNorm running statistics) and restore its modes afterwards."
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(): yield model
-    finally:
-        for m, t in modes: m.training = t
 
 # %% ../nbs/07_metrics.ipynb #f19d2090
 def _tensor(values, name:str, device, dtype=None, ndim:int|None=None)->torch.Tensor:
@@ -129,7 +101,7 @@ def pg_slow(
     max_elements:int=2**24, # input values per forward pass (rows × genes)
 )->torch.Tensor: # PG of each sample in [0, 1] (or the curves)
     "Prediction gap of each sample by brute force: one forward pass per point of the curve (the reference formulation)."
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     X = _tensor(inputs, "inputs", device, dtype, 2)
     y = _tensor(targets, "targets", device, ndim=1)
     order = _tensor(order, "order", device)
@@ -143,7 +115,7 @@ def pg_slow(
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(G, device=device).expand(n, -1))
     per, pts = (rows // P, P) if rows >= P else (1, rows)  # samples and points per forward pass
     out = []
-    with _eval_mode(model):
+    with evaluating(model), torch.no_grad():
         for s in range(0, n, per):
             x, r, t = X[s:s+per], rank[s:s+per], y[s:s+per]
             p0 = torch.softmax(model(x), -1).gather(1, t[:, None])
@@ -221,33 +193,22 @@ def pg_exact(
     return _pg_exact(W, c, head, X, y, b, order, ends, widths, curves, max_elements)
 
 # %% ../nbs/07_metrics.ipynb #69342cf8
-def linear_parts(
-    model:nn.Module, # the classifier
-)->tuple|None: # (weight H × G, bias H, head) or None when the model has no recognisable linear first layer
-    "The effective first linear layer (weight, bias) of `model` and the callable `head` mapping its output to logits."
-    if callable(getattr(model, "first_linear_weight", None)) and callable(getattr(model, "head", None)):
-        with torch.no_grad(): W = model.first_linear_weight().detach()
-        return W, model.first_linear.bias, model.head
-    if isinstance(model, nn.Linear): return model.weight, model.bias, nn.Identity()
-    if isinstance(model, nn.Sequential):
-        mods = list(model)
-        i = 0
-        while i < len(mods) and isinstance(mods[i], (nn.Dropout, nn.Identity)): i += 1
-        if i < len(mods) and isinstance(mods[i], nn.Linear):
-            return mods[i].weight, mods[i].bias, nn.Sequential(*mods[i+1:])
-    return None
+def _linear_parts(model:nn.Module)->tuple|None:
+    "(weight H × G, bias H, head) of the model's linear first layer, from `igtcga.attribution.linear_first`, or None."
+    lf = linear_first(model)
+    return None if lf is None else (lf.weight, lf.bias, lf.head)
 
 # %% ../nbs/07_metrics.ipynb #cd9f8a04
-def _pg_run(model, X, y, b, order, gap:int, tail:str, method:str)->torch.Tensor:
+def _pg_run(model, X, y, b, order, gap:int, tail:str, path:str)->torch.Tensor:
     "PG per sample on tensors already checked by the metrics (no re-validation per ordering)."
-    parts = None if method == "slow" else linear_parts(model)
+    parts = None if path == "slow" else _linear_parts(model)
     if parts is None:
-        if method == "exact": raise ValueError(f"{type(model).__name__} has no linear first layer that `linear_parts` recognises; use method='slow'")
+        if path == "fast": raise ValueError(f"{type(model).__name__} has no linear first layer that `linear_first` recognises; use path='slow'")
         return pg_slow(model, X, y, b, order, gap, tail)
     W, c, head = parts
     W = W.detach().to(X.device, X.dtype)
     c = torch.zeros(W.shape[0], device=X.device, dtype=X.dtype) if c is None else c.detach().to(X.device, X.dtype)
-    with _eval_mode(model): return _pg_exact(W, c, head, X, y, b, order, *pg_points(X.shape[1], gap, tail))
+    with evaluating(model): return _pg_exact(W, c, head, X, y, b, order, *pg_points(X.shape[1], gap, tail))
 
 # %% ../nbs/07_metrics.ipynb #ffef6c94
 def pg_samples(
@@ -258,17 +219,17 @@ def pg_samples(
     order, # shared (G,) or per-sample (n × G) ordering
     gap:int=10, # genes replaced per step
     tail:str="drop", # see `pg_points`
-    method:str="auto", # "auto": exact when `linear_parts` finds a linear first layer, else slow; "exact"; "slow"
+    path:str="auto", # "auto": fast when `linear_first` finds a linear first layer, else slow; "fast"; "slow"
 )->torch.Tensor: # PG of each sample in [0, 1]
     "Prediction gap of each sample, with the exact prefix-sum path where the architecture allows it."
-    _check_choice(method, "method", ("auto", "exact", "slow"))
-    device, dtype = _model_device_dtype(model)
+    _check_choice(path, "path", ("auto", "fast", "slow"))
+    device, dtype = model_device_dtype(model)
     X = _tensor(inputs, "inputs", device, dtype, 2)
     y = _tensor(targets, "targets", device, ndim=1)
     order = _tensor(order, "order", device)
     b = _check_pg_data(X, y, _tensor(baseline, "baseline", device, dtype), order)
     pg_points(X.shape[1], gap, tail)
-    return _pg_run(model, X, y, b, order, gap, tail, method)
+    return _pg_run(model, X, y, b, order, gap, tail, path)
 
 # %% ../nbs/07_metrics.ipynb #f4bd7674
 def _check_choice(value, name:str, choices:tuple):
@@ -277,70 +238,57 @@ def _check_choice(value, name:str, choices:tuple):
 # %% ../nbs/07_metrics.ipynb #fc57ee37
 def feature_order(
     scores, # samples × genes (or one vector of G scores)
-    kind:str="important", # "important": highest score first (PGI); "unimportant": lowest first (PGU)
+    first:str="important", # "important": highest score first (PGI); "unimportant": lowest first (PGU)
 )->torch.Tensor: # gene indices, same shape as `scores`
-    "Genes ordered by score, highest first for `kind='important'`, lowest first for `'unimportant'`."
-    _check_choice(kind, "kind", ("important", "unimportant"))
+    "Genes ordered by score, highest first for `first='important'`, lowest first for `'unimportant'`."
+    _check_choice(first, "first", ("important", "unimportant"))
     s = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
-    return torch.from_numpy(np.argsort(-s if kind == "important" else s, axis=-1))
+    return torch.from_numpy(np.argsort(-s if first == "important" else s, axis=-1))
 
 # %% ../nbs/07_metrics.ipynb #eefccab1
-def _proba(model:nn.Module, X:torch.Tensor, batch_size:int=4096)->torch.Tensor:
-    "Softmax probabilities of `model` on the (non-empty) rows of `X`, in eval mode, in batches."
-    with _eval_mode(model):
-        return torch.cat([torch.softmax(model(X[s:s+batch_size]), -1) for s in range(0, len(X), batch_size)])
+def _model(model)->nn.Module:
+    "The `nn.Module` of `model` (a `TrainResult` gives its `.model`), checked."
+    if not isinstance(model, nn.Module) and hasattr(model, "model"): model = model.model
+    if not isinstance(model, nn.Module): raise TypeError(f"model must be a torch.nn.Module (or a TrainResult), got {type(model).__name__}")
+    return model
 
 # %% ../nbs/07_metrics.ipynb #19d0cd5c
-def _studied_rows(y:np.ndarray, classes, n_classes:int)->tuple[np.ndarray, list]:
-    "Rows whose class is studied, and the studied classes (default: every class present)."
-    if classes is None: classes = np.unique(y).tolist()
-    classes = [int(c) for c in np.atleast_1d(classes)]
-    bad = [c for c in classes if not 0 <= c < n_classes]
-    if bad: raise ValueError(f"studied classes {bad} are not class indices of a {n_classes}-class model")
-    return np.flatnonzero(np.isin(y, classes)), classes
+def _as_attributions(att)->Attributions:
+    if not isinstance(att, Attributions):
+        raise TypeError(f"attributions must be an `Attributions` (from `igtcga.attribution.explain`), got {type(att).__name__}; "
+                        "for arrays build one: Attributions(scores=A, targets=y, labels=y, inputs=X, baseline=b)")
+    return att
 
 # %% ../nbs/07_metrics.ipynb #a2510031
-def _pg_setup(model, inputs, targets, attributions, baseline, classes, normalize:bool=True, importance:str="signed")->dict:
-    "Everything the PG metrics share: studied rows, probabilities, correct samples, normalised attributions."
-    if not isinstance(model, nn.Module): raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    device, dtype = _model_device_dtype(model)
-    X = _tensor(inputs, "inputs", device, dtype, 2)
+def _pg_setup(model, att:Attributions, normalize:bool=True, importance:str="signed")->dict:
+    "Everything the PG metrics share: inputs, targets, baseline, probabilities, correct samples, normalised attributions."
+    model, att = _model(model), _as_attributions(att)
+    device, dtype = model_device_dtype(model)
+    X = torch.as_tensor(att.model_inputs()).to(device=device, dtype=dtype)
     n, G = X.shape
-    y = _as_numpy(targets, "targets", 1)
-    if y.dtype.kind not in "iu": raise ValueError(f"targets must be integer class indices, got dtype {y.dtype}")
-    if len(y) != n: raise ValueError(f"targets has {len(y)} entries but inputs has {n} samples")
-    b = torch.zeros(G, device=device, dtype=dtype) if baseline is None else _tensor(baseline, "baseline", device, dtype).reshape(-1)
-    if b.shape != (G,): raise ValueError(f"baseline must have one value per gene ({G}), got {b.numel()} values")
-    A = None
-    if attributions is not None:
-        A = _as_numpy(attributions, "attributions", 2)
-        if A.shape != (n, G): raise ValueError(f"attributions have shape {A.shape} but inputs have shape {(n, G)}")
-        if importance == "abs": A = np.abs(A)
-    with _eval_mode(model): p_base = torch.softmax(model(b[None]), -1)[0]
+    y = att.targets
+    b = torch.zeros(G, device=device, dtype=dtype) if att.baseline is None else torch.as_tensor(att.baseline).to(device=device, dtype=dtype)
+    A = np.abs(att.scores) if importance == "abs" else att.scores
+    if normalize: A = unit_rows(A)
+    p_base = forward(model, b[None], "softmax")[0]
     C = p_base.shape[0]
     if y.min(initial=0) < 0 or y.max(initial=0) >= C: raise ValueError(f"targets must be in [0, {C}) for a model with {C} outputs")
-    rows, classes = _studied_rows(y, classes, C)
-    if len(rows) < n: X, y = X[rows], y[rows]  # (no copy when every sample is studied)
-    if A is not None:
-        if len(rows) < n: A = A[rows]
-        if normalize: A = unit_rows(A)
-    correct = (_proba(model, X).argmax(1).cpu().numpy() == y) if len(rows) else np.zeros(0, bool)
-    return dict(model=model, X=X, y=y, b=b, A=A, correct=correct, classes=classes, p_base=p_base.cpu().numpy(), G=G)
+    correct = (forward(model, X, "softmax").argmax(1).cpu().numpy() == y) if n else np.zeros(0, bool)
+    return dict(model=model, X=X, y=y, b=b, A=A, correct=correct, classes=np.unique(y).tolist(), p_base=p_base.cpu().numpy(), G=G)
 
 # %% ../nbs/07_metrics.ipynb #69e6525a
-def _orderings(S:dict, order:str, kind:str, global_by:str, global_samples:str, n_random:int, seed:int)->list:
+def _orderings(S:dict, scope:str, first:str, global_by:str, global_samples:str, n_random:int, seed:int)->list:
     "The orderings to evaluate on the correct samples: a list of (G,) or (n_correct × G) tensors."
     G, ok = S["G"], S["correct"]
-    if order == "random":
+    if scope == "random":
         rng = np.random.default_rng(seed)
         return [torch.as_tensor(rng.permutation(G)) for _ in range(n_random)]
-    if S["A"] is None: raise ValueError(f"order={order!r} needs attributions")
     A = S["A"]
-    if order == "local": return [feature_order(A if ok.all() else A[ok], kind)]
+    if scope == "local": return [feature_order(A if ok.all() else A[ok], first)]
     use = np.ones(len(A), bool) if global_samples == "all" else ok
-    if global_by == "all": return [feature_order(A[use].sum(0, dtype=np.float64), kind)]
+    if global_by == "all": return [feature_order(A[use].sum(0, dtype=np.float64), first)]
     y = S["y"]
-    per_class = {c: feature_order(A[use & (y == c)].sum(0, dtype=np.float64), kind) for c in np.unique(y[ok])}
+    per_class = {c: feature_order(A[use & (y == c)].sum(0, dtype=np.float64), first) for c in np.unique(y[ok])}
     return [torch.stack([per_class[c] for c in y[ok]]) if ok.any() else torch.zeros(0, G, dtype=torch.long)]
 
 # %% ../nbs/07_metrics.ipynb #97744ea0
@@ -359,7 +307,7 @@ def _per_class_table(S:dict, pg:np.ndarray)->pd.DataFrame:
 
 # %% ../nbs/07_metrics.ipynb #50145c2d
 def _macro(table:pd.DataFrame, column:str="pg", what:str="PG")->float:
-    "Macro average over classes with at least one correct sample; warn about the others (spec §12, B7)."
+    "Macro average over classes with at least one correct sample; warn about the others (protocol §12, B7)."
     empty = table.loc[table.n_correct == 0, "class"].tolist()
     if empty:
         warnings.warn(f"{what}: studied class(es) {empty} have no correctly classified sample and are left out of the average")
@@ -368,37 +316,36 @@ def _macro(table:pd.DataFrame, column:str="pg", what:str="PG")->float:
 
 # %% ../nbs/07_metrics.ipynb #553149be
 class PredictionGap:
-    "Prediction gap (spec §8.1): PGI, PGU (local or global ordering) or PGR (random orderings), in percent."
+    "Prediction gap (protocol §8.1): PGI, PGU (local or global ordering) or PGR (random orderings), in percent."
     def __init__(self,
-                 order:str="local", # "local" (per-sample ordering), "global" (one shared ordering) or "random" (PGR)
-                 kind:str="important", # "important" first (PGI) or "unimportant" first (PGU); ignored for "random"
+                 scope:str="local", # "local" (per-sample ordering), "global" (one shared ordering) or "random" (PGR)
+                 first:str="important", # genes replaced first: "important" (PGI) or "unimportant" (PGU); ignored for "random"
                  gap:int=10, # genes replaced per step
-                 n_random:int=30, # random orderings averaged for order="random"
+                 n_random:int=30, # random orderings averaged for scope="random"
                  seed:int=0, # seed of the random orderings
-                 importance:str="signed", # rank by "signed" attribution (reference) or by "abs" value (spec §12, B6)
-                 global_by:str="all", # global ordering from "all" studied samples (reference) or per "class" (spec §12, B4)
+                 importance:str="signed", # rank by "signed" attribution (reference) or by "abs" value (protocol §12, B6)
+                 global_by:str="all", # global ordering from "all" studied samples (reference) or per "class" (protocol §12, B4)
                  global_samples:str="all", # samples summed for the global ordering: "all" (reference, B18) or "correct"
-                 tail:str="drop", # "drop" the last G mod gap genes (reference) or "include" them (spec §12, B7)
-                 normalize:bool=True, # L2-normalise each sample's attributions first (spec §6.4)
+                 tail:str="drop", # "drop" the last G mod gap genes (reference) or "include" them (protocol §12, B7)
+                 normalize:bool=True, # L2-normalise each sample's attributions first (protocol §6.4)
                  adjusted:bool=False, # report the adjusted PG: PG_c / (1 − p_c(baseline)), averaged over classes
-                 method:str="auto", # "auto", "exact" (prefix sums) or "slow" (one forward pass per point)
+                 path:str="auto", # "auto", "fast" (prefix sums through the first layer) or "slow" (one forward pass per point)
                 ):
-        _check_choice(order, "order", ("local", "global", "random")); _check_choice(kind, "kind", ("important", "unimportant"))
+        _check_choice(scope, "scope", ("local", "global", "random")); _check_choice(first, "first", ("important", "unimportant"))
         _check_choice(importance, "importance", ("signed", "abs")); _check_choice(global_by, "global_by", ("all", "class"))
         _check_choice(global_samples, "global_samples", ("all", "correct")); _check_choice(tail, "tail", ("drop", "include"))
-        _check_choice(method, "method", ("auto", "exact", "slow"))
-        if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 1: raise ValueError(f"gap must be a positive integer, got {gap!r}")
-        if order == "random" and (not isinstance(n_random, (int, np.integer)) or n_random < 1):
-            raise ValueError(f"n_random must be a positive integer, got {n_random!r}")
-        self.order, self.kind, self.gap, self.n_random, self.seed = order, kind, int(gap), int(n_random), seed
+        _check_choice(path, "path", ("auto", "fast", "slow"))
+        self.gap = check_int(gap, "gap", 1)
+        self.n_random = check_int(n_random, "n_random", 1) if scope == "random" else int(n_random)
+        self.scope, self.first, self.seed = scope, first, seed
         self.importance, self.global_by, self.global_samples, self.tail = importance, global_by, global_samples, tail
-        self.normalize, self.adjusted, self.method = normalize, adjusted, method
+        self.normalize, self.adjusted, self.path = normalize, adjusted, path
 
     @property
     def name(self)->str:
         "The paper's name of this metric: PGI_local, PGU_global, PGR, ..."
-        if self.order == "random": return "PGR"
-        return f"PG{'I' if self.kind == 'important' else 'U'}_{self.order}"
+        if self.scope == "random": return "PGR"
+        return f"PG{'I' if self.first == 'important' else 'U'}_{self.scope}"
 
     def __repr__(self): return f"PredictionGap({self.name}, gap={self.gap}, importance={self.importance!r}, tail={self.tail!r})"
 
@@ -408,86 +355,45 @@ class PredictionGap:
         if not ok.any(): return np.zeros(0)
         Xc = S["X"] if ok.all() else S["X"][ok]
         yc = torch.as_tensor(S["y"][ok], device=Xc.device)
-        orders = _orderings(S, self.order, self.kind, self.global_by, self.global_samples, self.n_random, self.seed)
-        total = sum(_pg_run(S["model"], Xc, yc, S["b"], o.to(Xc.device), self.gap, self.tail, self.method).double()
+        orders = _orderings(S, self.scope, self.first, self.global_by, self.global_samples, self.n_random, self.seed)
+        total = sum(_pg_run(S["model"], Xc, yc, S["b"], o.to(Xc.device), self.gap, self.tail, self.path).double()
                     for o in orders)
         return (total / len(orders)).cpu().numpy()
 
     def evaluate(self,
-                 model:nn.Module, # classifier returning logits
-                 inputs, # samples × genes, in model-input space
-                 targets, # true class of each sample
-                 attributions=None, # samples × genes (not needed for order="random")
-                 baseline=None, # replacement value of each gene (default: zeros)
-                 classes=None, # studied classes (default: every class present in `targets`)
-                )->pd.DataFrame: # one row per studied class: n_samples, n_correct, pg (%), p_baseline, pg_adjusted (%)
+                 model:nn.Module, # classifier returning logits (or a `TrainResult`)
+                 att:Attributions, # the attributions (`explain`'s result), with their model inputs and baseline
+                )->pd.DataFrame: # one row per explained class: n_samples, n_correct, pg (%), p_baseline, pg_adjusted (%)
         "The per-class table behind this metric."
-        S = _pg_setup(model, inputs, targets, attributions if self.order != "random" else None, baseline, classes,
-                      self.normalize, self.importance)
+        S = _pg_setup(model, att, self.normalize, self.importance)
         return _per_class_table(S, self._sample_gaps(S))
 
-    def __call__(self, model, inputs, targets, attributions=None, baseline=None, classes=None)->float:
-        "The metric in percent: macro average over the studied classes of the mean PG of their correct samples."
-        table = self.evaluate(model, inputs, targets, attributions, baseline, classes)
-        return _macro(table, "pg_adjusted" if self.adjusted else "pg", self.name)
+    def __call__(self, model, att:Attributions)->float:
+        "The metric in percent: macro average over the explained classes of the mean PG of their correct samples."
+        return _macro(self.evaluate(model, att), "pg_adjusted" if self.adjusted else "pg", self.name)
 
 # %% ../nbs/07_metrics.ipynb #676cb577
 def prediction_gaps(
-    model:nn.Module, # classifier returning logits
-    inputs, # samples × genes, in model-input space
-    targets, # true class of each sample
-    attributions, # samples × genes
-    baseline=None, # replacement value of each gene (default: zeros)
-    classes=None, # studied classes (default: every class present)
+    model:nn.Module, # classifier returning logits (or a `TrainResult`)
+    att:Attributions, # the attributions (`explain`'s result)
     gap:int=10, # genes replaced per step
     n_random:int=30, # random orderings for PGR
     seed:int=0, # seed of the random orderings
     adjusted:bool=False, # also return the adjusted PGUs (PGU_local_adjusted, PGU_global_adjusted)
     per_class:bool=False, # return the tidy per-class table of every metric instead of the summary
-    **kwargs, # importance, global_by, global_samples, tail, normalize, method (see `PredictionGap`)
+    **kwargs, # importance, global_by, global_samples, tail, normalize, path (see `PredictionGap`)
 )->dict|pd.DataFrame: # PGU_local, PGI_local, PGU_global, PGI_global, PGR in percent
     "All the study's prediction gaps at once (probabilities, correct samples and normalisation shared)."
-    metrics = [PredictionGap(o, k, gap, n_random, seed, **kwargs) for o, k in
+    metrics = [PredictionGap(s, f, gap, n_random, seed, **kwargs) for s, f in
                (("local", "unimportant"), ("local", "important"), ("global", "unimportant"), ("global", "important"), ("random", "important"))]
     m0 = metrics[0]
-    S = _pg_setup(model, inputs, targets, attributions, baseline, classes, m0.normalize, m0.importance)
+    S = _pg_setup(model, att, m0.normalize, m0.importance)
     tables = {m.name: _per_class_table(S, m._sample_gaps(S)) for m in metrics}
     if per_class: return pd.concat([t.assign(metric=k) for k, t in tables.items()], ignore_index=True)
     out = {k: _macro(t, "pg", k) for k, t in tables.items()}
     if adjusted:
         for k in ("PGU_local", "PGU_global"): out[f"{k}_adjusted"] = _macro(tables[k], "pg_adjusted", k)
     return out
-
-# %% ../nbs/07_metrics.ipynb #0f04105c
-def informative_genes(
-    truth, # an `ExprData` with ground truth, or a dict group (class or subclass) -> its own informative gene indices
-    group_class:dict|None=None, # group -> model class (for subclasses); None: each group is a class (ignored for `ExprData`)
-    n_classes:int|None=None, # number of model classes (default: from `ExprData`, else the number of classes in `group_class`/`truth`)
-    rule:str="auto", # "auto" (spec §3.5: two classes → own ∪ other class, else own), "own", or "with_other"
-)->dict: # group -> sorted gene indices that count as informative for it
-    "The informative genes of each class or subclass, with spec §3.5's rule for two-class problems."
-    _check_choice(rule, "rule", ("auto", "own", "with_other"))
-    if hasattr(truth, "truth") and hasattr(truth, "y"):
-        data = truth
-        if data.truth is None: raise ValueError("this dataset has no ground truth (truth=None): feature agreement needs a simulation")
-        truth, n_classes = data.truth, data.n_classes
-        group_class = None
-        if data.subclass is not None:
-            regroup = (data.meta or {}).get("simulation", {}).get("regroup")
-            if regroup is not None and len(regroup) == len(data.subclasses):  # the simulation's subclass -> class map
-                group_class = dict(enumerate(np.asarray(regroup, dtype=np.int64).tolist()))
-            else:  # else read it from the samples (a subclass without samples then has no class)
-                pairs = np.unique(np.stack([data.subclass, data.y]), axis=1)
-                if len(np.unique(pairs[0])) != pairs.shape[1]: raise ValueError("a subclass spans several classes in this dataset")
-                group_class = dict(zip(pairs[0].tolist(), pairs[1].tolist()))
-    truth = {int(k): np.unique(np.asarray(v, dtype=np.int64)) for k, v in truth.items()}
-    group_class = {g: g for g in truth} if group_class is None else {int(k): int(v) for k, v in group_class.items()}
-    missing = [g for g in truth if g not in group_class]
-    if missing: raise KeyError(f"group_class does not give the class of group(s) {missing}")
-    if n_classes is None: n_classes = len(set(group_class.values()))
-    if rule == "own" or (rule == "auto" and n_classes != 2): return truth
-    return {g: np.union1d(genes, np.concatenate([truth[h] for h in truth if group_class[h] != group_class[g]] + [np.zeros(0, np.int64)]))
-            for g, genes in truth.items()}
 
 # %% ../nbs/07_metrics.ipynb #099ad970
 def _group_setup(attributions, groups, informative:dict, correct, studied, diffusion, normalize:bool, importance:str):
@@ -501,7 +407,7 @@ def _group_setup(attributions, groups, informative:dict, correct, studied, diffu
     if diffusion is not None: A = diffuse(A, diffusion)
     if importance == "abs": A = np.abs(A)
     if normalize: A = unit_rows(A)
-    studied = sorted(set(g[ok].tolist()) & set(informative)) if studied is None else [int(s) for s in np.atleast_1d(studied)]
+    studied = sorted(set(g.tolist()) & set(informative)) if studied is None else [int(s) for s in np.atleast_1d(studied)]
     missing = [s for s in studied if s not in informative]
     if missing: raise KeyError(f"no informative genes given for group(s) {missing}")
     masks = {}
@@ -517,15 +423,22 @@ def _top(scores:np.ndarray, k:int)->np.ndarray:
     "Indices of the k highest scores along the last axis (stable: ties keep the lower gene index first)."
     return np.argsort(-scores, axis=-1, kind="stable")[..., :k]
 
+# %% ../nbs/07_metrics.ipynb #0e5ba261
+def _mean_over_groups(table:pd.DataFrame, name:str, column:str="fa")->float:
+    "Mean of `column` over the groups with correct rows; warn about the others."
+    empty = table.n_samples == 0
+    if empty.any(): warnings.warn(f"{name}: group(s) {table.group[empty].tolist()} have no correct sample and are left out")
+    return float(table[column][~empty].mean()) if (~empty).any() else float("nan")
+
 # %% ../nbs/07_metrics.ipynb #a0026e8a
 class FeatureAgreement:
-    "Feature agreement (spec §8.2): share of the top-k_c genes that are truly informative, in percent."
+    "Feature agreement (protocol §8.2): share of the top-k_c genes that are truly informative, in percent."
     def __init__(self,
                  scope:str="local", # "local" (per-sample top-k) or "global" (one top-k per class)
-                 rule:str="rank_mean_scores", # global rule: "rank_mean_scores" (spec §12, B11) or "intersect_rank_scores"
+                 rule:str="rank_mean_scores", # global rule: "rank_mean_scores" (protocol §12, B11) or "intersect_rank_scores"
                  importance:str="signed", # rank by "signed" attribution (reference) or "abs"
                  normalize:bool=True, # L2-normalise each sample first (after diffusion)
-                 diffusion=None, # genes × genes diffusion operator Â: diffused FA (spec §8.3); None: plain
+                 diffusion=None, # genes × genes diffusion operator Â: diffused FA (protocol §8.3); None: plain
                 ):
         _check_choice(scope, "scope", ("local", "global")); _check_choice(importance, "importance", ("signed", "abs"))
         _check_choice(rule, "rule", ("rank_mean_scores", "intersect_rank_scores"))
@@ -535,31 +448,42 @@ class FeatureAgreement:
     def name(self)->str: return f"FA_{self.scope}" + ("_diffused" if self.diffusion is not None else "")
     def __repr__(self): return f"FeatureAgreement({self.name}, rule={self.rule!r}, importance={self.importance!r})"
 
-    def evaluate(self,
-                 attributions, # samples × genes
-                 groups, # class (or subclass) of each sample
-                 informative:dict, # group -> informative gene indices (see `informative_genes`)
-                 correct=None, # boolean mask of correctly classified samples (default: all)
-                 studied=None, # groups to evaluate (default: those with correct samples and informative genes)
-                )->pd.DataFrame: # one row per group: n_samples, k, fa (%)
-        "The per-group table behind this metric."
+    def _group_value(self, sel:np.ndarray, mask:np.ndarray)->float:
+        "FA of one group's rows `sel` against its informative mask."
+        k = int(mask.sum())
+        if self.scope == "local": return mask[_top(sel, k)].mean()
+        if self.rule == "rank_mean_scores": return mask[_top(sel.sum(0, dtype=np.float64), k)].mean()
+        return mask[_top(np.bincount(_top(sel, k).ravel(), minlength=sel.shape[1]).astype(float), k)].mean()
+
+    def evaluate_arrays(self,
+                        attributions, # samples × genes
+                        groups, # class (or subclass) of each sample
+                        informative:dict, # group -> informative gene indices (see `igtcga.data.informative_genes`)
+                        correct=None, # boolean mask of correctly classified samples (default: all)
+                        studied=None, # groups to evaluate (default: those present with informative genes)
+                       )->pd.DataFrame: # one row per group: n_samples, k, fa (%)
+        "The per-group table on plain arrays (for scores that did not come from `explain`)."
         A, g, ok, studied, masks = _group_setup(attributions, groups, informative, correct, studied, self.diffusion,
                                                 self.normalize, self.importance)
         rows = []
         for s in studied:
-            sel, k = A[ok & (g == s)], int(masks[s].sum())
-            if not len(sel): fa = np.nan
-            elif self.scope == "local": fa = masks[s][_top(sel, k)].mean()
-            elif self.rule == "rank_mean_scores": fa = masks[s][_top(sel.sum(0, dtype=np.float64), k)].mean()
-            else: fa = masks[s][_top(np.bincount(_top(sel, k).ravel(), minlength=sel.shape[1]).astype(float), k)].mean()
-            rows.append(dict(group=s, n_samples=len(sel), k=k, fa=100 * float(fa)))
+            sel = A[ok & (g == s)]
+            value = 100 * float(self._group_value(sel, masks[s])) if len(sel) else np.nan
+            rows.append(dict(group=s, n_samples=len(sel), k=int(masks[s].sum()), fa=value))
         return pd.DataFrame(rows, columns=["group", "n_samples", "k", "fa"])
 
-    def __call__(self, attributions, groups, informative, correct=None, studied=None)->float:
-        "The metric in percent: mean over the studied groups."
-        t = self.evaluate(attributions, groups, informative, correct, studied)
-        if (t.n_samples == 0).any(): warnings.warn(f"{self.name}: group(s) {t.group[t.n_samples == 0].tolist()} have no correct sample and are left out")
-        return float(t.fa[t.n_samples > 0].mean()) if (t.n_samples > 0).any() else float("nan")
+    def evaluate(self,
+                 model, # unused (the truth does not depend on the model): `None` or the model, for the common call shape
+                 att:Attributions, # the attributions, with their ground truth (`explain` on a simulation records it)
+                )->pd.DataFrame: # one row per group: n_samples, k, fa (%)
+        "The per-group table behind this metric: every ground-truth group present in the rows, correct rows only."
+        att = _as_attributions(att)
+        groups, truth = att.ground_truth()
+        return self.evaluate_arrays(att.scores, groups, truth, att.correct)
+
+    def __call__(self, model, att:Attributions)->float:
+        "The metric in percent: mean over the groups (classes, or subclasses) that have correct rows."
+        return _mean_over_groups(self.evaluate(model, att), self.name)
 
 # %% ../nbs/07_metrics.ipynb #c8d09d18
 def _auroc_rows(scores:np.ndarray, positive:np.ndarray)->np.ndarray:
@@ -603,44 +527,33 @@ class AttributionAUC(FeatureAgreement):
     def name(self)->str: return f"{'AUROC' if self.curve == 'roc' else 'AUPRC'}_{self.scope}" + ("_diffused" if self.diffusion is not None else "")
     def __repr__(self): return f"AttributionAUC({self.name}, importance={self.importance!r})"
 
-    def evaluate(self, attributions, groups, informative, correct=None, studied=None)->pd.DataFrame:
-        "One row per group: n_samples, k (informative genes), fa = the AUC in percent (column kept for uniformity), auc."
-        A, g, ok, studied, masks = _group_setup(attributions, groups, informative, correct, studied, self.diffusion,
-                                                self.normalize, self.importance)
+    def _group_value(self, sel:np.ndarray, mask:np.ndarray)->float:
         score = _auroc_rows if self.curve == "roc" else _average_precision_rows
-        rows = []
-        for s in studied:
-            sel = A[ok & (g == s)]
-            if not len(sel): auc = np.nan
-            elif self.scope == "local": auc = float(np.mean(score(sel, masks[s])))
-            else: auc = float(score(sel.sum(0, dtype=np.float64)[None], masks[s])[0])
-            rows.append(dict(group=s, n_samples=len(sel), k=int(masks[s].sum()), fa=100 * auc, auc=100 * auc))
-        return pd.DataFrame(rows, columns=["group", "n_samples", "k", "fa", "auc"])
+        if self.scope == "local": return float(np.mean(score(sel, mask)))
+        return float(score(sel.sum(0, dtype=np.float64)[None], mask)[0])
+
+# %% ../nbs/07_metrics.ipynb #d204c945
+def evaluate(
+    model, # the classifier (or a `TrainResult`; `None` when every metric is model-free)
+    att:Attributions, # the attributions to evaluate
+    metrics:list, # metric objects, each called as `metric(model, att)`
+)->dict: # metric name -> value
+    "Run a list of metrics on one model and its attributions: the same call for every metric."
+    return {m.name: m(model, att) for m in metrics}
 
 # %% ../nbs/07_metrics.ipynb #6077a549
 def feature_agreements(
-    attributions, # samples × genes, rows aligned with `data`
-    data, # `ExprData` of the same samples, with ground truth
-    correct=None, # boolean mask of correctly classified samples (default: all)
-    classes=None, # studied model classes (default: all classes present)
+    model, # unused by these metrics (`None` is fine); kept for the common call shape
+    att:Attributions, # the attributions of a simulation's samples, with their ground truth (`explain` records it)
     diffusion=None, # diffusion operator Â for the diffused columns (None: leave them out)
-    rule:str="rank_mean_scores", # global FA rule (spec §12, B11)
+    rule:str="rank_mean_scores", # global FA rule (protocol §12, B11)
     auc:bool=False, # also AUROC_local/global and AUPRC_local/global
 )->dict: # FA_local, FA_global (+ FA_local_diffused, FA_global_diffused) in percent
     "The study's feature-agreement columns for one model's attributions on a simulated dataset."
-    A = _as_numpy(attributions, "attributions", 2)
-    if A.shape != data.X.shape: raise ValueError(f"attributions have shape {A.shape} but the data have shape {data.X.shape}")
-    informative = informative_genes(data)
-    groups = data.y if data.subclass is None else data.subclass
-    group_class = dict(zip(groups.tolist(), data.y.tolist()))
-    classes = np.unique(data.y).tolist() if classes is None else [int(c) for c in np.atleast_1d(classes)]
-    studied = sorted(g for g in set(groups.tolist()) if group_class[g] in classes and g in informative)
-    out = {}
-    for m in [FeatureAgreement("local"), FeatureAgreement("global", rule)] + \
-             ([FeatureAgreement("local", diffusion=diffusion), FeatureAgreement("global", rule, diffusion=diffusion)] if diffusion is not None else []) + \
-             ([AttributionAUC(c, s) for c in ("roc", "pr") for s in ("local", "global")] if auc else []):
-        out[m.name] = m(A, groups, informative, correct, studied)
-    return out
+    metrics = [FeatureAgreement("local"), FeatureAgreement("global", rule)]
+    if diffusion is not None: metrics += [FeatureAgreement("local", diffusion=diffusion), FeatureAgreement("global", rule, diffusion=diffusion)]
+    if auc: metrics += [AttributionAUC(c, s) for c in ("roc", "pr") for s in ("local", "global")]
+    return evaluate(model, att, metrics)
 
 # %% ../nbs/07_metrics.ipynb #f36698d3
 CURVES = ("top per class", "bottom per class", "top overall", "bottom overall", "random", "random outside top")
@@ -648,9 +561,9 @@ CURVES = ("top per class", "bottom per class", "top overall", "bottom overall", 
 # %% ../nbs/07_metrics.ipynb #2fc7ed59
 def gene_grid(
     n_genes:int, # number of genes G
-    kind:str="global", # "global": 1..9, 10..90, 100, 200, ... (spec §8.4 K₂); "class": 1..9, 10..190, 200, 300, ... (K₁)
+    kind:str="global", # "global": 1..9, 10..90, 100, 200, ... (protocol §8.4 K₂); "class": 1..9, 10..190, 200, 300, ... (K₁)
 )->np.ndarray: # numbers of genes below G
-    "The reference's grids of numbers of kept genes (spec §8.4)."
+    "The reference's grids of numbers of kept genes (protocol §8.4)."
     _check_choice(kind, "kind", ("global", "class"))
     step = 100 if kind == "global" else 200
     k = np.concatenate([np.arange(1, 10), np.arange(10, step, 10), np.arange(step, n_genes, 100)])
@@ -663,12 +576,12 @@ def class_gene_scores(
     correct=None, # boolean mask of the samples to use (default: all)
     normalize:bool=True, # L2-normalise each sample first
 )->tuple[list, np.ndarray]: # (classes, classes × genes array of |class mean|)
-    "Per-class gene importance: |mean over the class's samples of the normalised signed attributions| (spec §8.4)."
+    "Per-class gene importance: |mean over the class's samples of the normalised signed attributions| (protocol §8.4)."
     A = unit_rows(attributions) if normalize else _as_numpy(attributions, "attributions", 2)
     y = _as_numpy(targets, "targets", 1)
     ok = np.ones(len(y), bool) if correct is None else np.asarray(correct, bool)
-    classes = np.unique(y[ok]).tolist()
-    return classes, np.stack([np.abs(A[ok & (y == c)].mean(0)) for c in classes]) if classes else np.zeros((0, A.shape[1]))
+    classes, means = class_means(A[ok], y[ok], "abs_mean")
+    return classes.tolist(), means
 
 # %% ../nbs/07_metrics.ipynb #c2d16fb2
 def gene_scores(
@@ -685,8 +598,7 @@ def gene_scores(
     if how == "sum": return A[ok].sum(0, dtype=np.float64)
     if how == "mean_abs": return np.abs(A[ok]).mean(0)
     if targets is None: raise ValueError("how='balanced_abs' needs the targets (class of each sample)")
-    y = _as_numpy(targets, "targets", 1)[ok]
-    return np.mean([np.abs(A[ok][y == c]).mean(0) for c in np.unique(y)], axis=0)
+    return class_means(A[ok], _as_numpy(targets, "targets", 1)[ok], "mean_abs")[1].mean(0)
 
 # %% ../nbs/07_metrics.ipynb #eee44bf3
 def gene_ranks(
@@ -708,7 +620,7 @@ def _kept_accuracy(model, X:torch.Tensor, y:np.ndarray, b:torch.Tensor, masks:np
     per = max(1, max_elements // max(1, n * G))
     bal, acc = [], []
     yt = torch.as_tensor(y, device=X.device)
-    with _eval_mode(model):
+    with evaluating(model), torch.no_grad():
         for s in range(0, len(masks), per):
             m = torch.as_tensor(masks[s:s+per], device=X.device)
             Xm = torch.where(m[:, None, :], X[None], b).reshape(-1, G)
@@ -718,13 +630,9 @@ def _kept_accuracy(model, X:torch.Tensor, y:np.ndarray, b:torch.Tensor, masks:np
 
 # %% ../nbs/07_metrics.ipynb #e61feb02
 def accuracy_curves(
-    model:nn.Module, # classifier returning logits
-    inputs, # samples × genes, in model-input space
-    targets, # true class of each sample
-    attributions, # samples × genes
-    baseline=None, # value of the genes that are not kept (default: zeros)
+    model:nn.Module, # classifier returning logits (or a `TrainResult`)
+    att:Attributions, # the attributions (`explain`'s result), with their model inputs and baseline
     curves=CURVES, # which curves (see `CURVES`)
-    classes=None, # studied classes (default: all present)
     k_class=None, # numbers of genes per class for the per-class curves (default: `gene_grid(G, "class")`)
     k_global=None, # numbers of genes kept for the other curves (default: `gene_grid(G)`)
     n_random:int=100, # random draws per k
@@ -736,7 +644,7 @@ def accuracy_curves(
     "Balanced accuracy against the number of genes kept, for rankings from the attributions and for random genes."
     bad = [c for c in curves if c not in CURVES]
     if bad: raise ValueError(f"unknown curve(s) {bad}; choose from {CURVES}")
-    S = _pg_setup(model, inputs, targets, attributions, baseline, classes, normalize=False)
+    S = _pg_setup(model, att, normalize=False)
     ok = S["correct"] if only_correct else np.ones(len(S["y"]), bool)
     X, y, A, G = S["X"][ok], S["y"][ok], S["A"][ok], S["G"]
     if not len(y): raise ValueError("no correctly classified sample to evaluate the curves on")
@@ -771,6 +679,18 @@ def accuracy_curves(
                               n_kept=masks.sum(1), draw=np.concatenate([[d] * len(k) for _, k, d, _ in parts]) if parts else [],
                               balanced_accuracy=bal, accuracy=acc))
     return table[table.n_kept > 0].reset_index(drop=True)
+
+# %% ../nbs/07_metrics.ipynb #b01477c7
+class AccuracyCurves:
+    "The accuracy curves of `accuracy_curves` as a metric object: settings in the constructor, `(model, att)` in the call."
+    name = "curves"
+    def __init__(self, **settings): # curves, k_class, k_global, n_random, seed, only_correct, balance, normalize
+        self.settings = settings
+    def __repr__(self): return f"AccuracyCurves({self.settings})"
+    def evaluate(self, model, att:Attributions)->pd.DataFrame:
+        "The curves table (one row per curve, k and random draw)."
+        return accuracy_curves(model, att, **self.settings)
+    __call__ = evaluate
 
 # %% ../nbs/07_metrics.ipynb #ffd1c483
 def plot_curves(
@@ -881,10 +801,13 @@ def attribution_similarity(
     return out
 
 # %% ../nbs/07_metrics.ipynb #971c413b
-def _default_explainer(baseline):
-    try: from igtcga.attribution import integrated_gradients
-    except ImportError as e: raise ImportError("igtcga.attribution is not available: pass explain_fn=(model, inputs, targets) -> attributions") from e
-    return lambda model, inputs, targets: integrated_gradients(model, inputs, targets, baseline)
+def _explainer_like(att:Attributions):
+    "(model, inputs, targets) -> scores with the method, baseline and settings that produced `att`."
+    s = att.settings
+    kw = dict(n_steps=int(s.get("n_steps", 3000)), output=s.get("output", "softmax"), method=att.method, quiet=True)
+    if att.method == "gradient_shap": kw["seed"] = int(s.get("seed", 0))
+    baseline = 0.0 if att.baseline is None else att.baseline
+    return lambda model, inputs, targets: attribute(model, inputs, targets, baseline, **kw)
 
 # %% ../nbs/07_metrics.ipynb #9b38476b
 def _randomise(module:nn.Module, seed:int):
@@ -899,19 +822,17 @@ def _randomise(module:nn.Module, seed:int):
 
 # %% ../nbs/07_metrics.ipynb #f5e31581
 def parameter_randomisation_test(
-    model:nn.Module, # the trained classifier
-    inputs, # samples × genes
-    targets, # class of each sample (the attribution target)
-    explain_fn=None, # (model, inputs, targets) -> attributions; default: IG with `baseline`
-    baseline=None, # baseline for the default explainer
-    attributions=None, # attributions of the trained model (default: computed with `explain_fn`)
+    model:nn.Module, # the trained classifier (or a `TrainResult`)
+    att:Attributions, # its attributions (`explain`'s result): re-computed on its inputs and targets after each randomisation
+    explain_fn=None, # (model, inputs, targets) -> attributions; default: the method and settings that made `att`
     cascade:bool=True, # randomise layers cumulatively from the output backwards (else one layer at a time)
     seed:int=0, # seed of the re-initialisations
     ks=(10, 100), # top-k sizes for the overlap
 )->pd.DataFrame: # one row per randomisation: layer, spearman, spearman_abs, top{k}_overlap
     "Model-parameter randomisation test: similarity of the attributions before and after re-initialising layers."
-    explain_fn = _default_explainer(baseline) if explain_fn is None else explain_fn
-    original = explain_fn(model, inputs, targets) if attributions is None else attributions
+    model, att = _model(model), _as_attributions(att)
+    explain_fn = _explainer_like(att) if explain_fn is None else explain_fn
+    inputs, targets, original = att.model_inputs(), att.targets, att.scores
     layers = [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))][::-1]
     if not layers: raise ValueError("the model has no parameters to randomise")
     rows, current = [], copy.deepcopy(model)
@@ -924,28 +845,27 @@ def parameter_randomisation_test(
 
 # %% ../nbs/07_metrics.ipynb #54e084eb
 def label_permutation_test(
+    model, # unused (the test trains a new model); `None` or the model, for the common call shape
+    att:Attributions, # the attributions of the model trained on the true labels
     train_fn, # (inputs, labels, seed) -> trained model
-    train_inputs, # samples × genes the models are trained on
+    train_inputs, # samples × genes the models are trained on (model-input space)
     train_labels, # their true classes (permuted here)
-    inputs, # samples × genes to explain (e.g. the test set)
-    targets, # their true classes (the attribution target)
-    attributions, # attributions of the model trained on the true labels
-    explain_fn=None, # (model, inputs, targets) -> attributions; default: IG with `baseline`
-    baseline=None, # baseline for the default explainer
+    explain_fn=None, # (model, inputs, targets) -> attributions; default: the method and settings that made `att`
     seed:int=0, # seed of the permutation and of the retraining
     ks=(10, 100), # top-k sizes for the overlap
 )->pd.DataFrame: # one row: balanced_accuracy of the retrained model (%), then the similarities
     "Data randomisation test: retrain on permuted labels, explain again, compare with the original attributions."
-    explain_fn = _default_explainer(baseline) if explain_fn is None else explain_fn
+    att = _as_attributions(att)
+    explain_fn = _explainer_like(att) if explain_fn is None else explain_fn
     labels = _as_numpy(train_labels, "train_labels", 1)
     permuted = labels[np.random.default_rng(seed).permutation(len(labels))]
-    model = train_fn(train_inputs, permuted, seed)
-    device, dtype = _model_device_dtype(model)
-    y = _as_numpy(targets, "targets", 1)
-    with _eval_mode(model): pred = model(_tensor(inputs, "inputs", device, dtype, 2)).argmax(1).cpu().numpy()
+    retrained = train_fn(train_inputs, permuted, seed)
+    device, dtype = model_device_dtype(retrained)
+    inputs, y = att.model_inputs(), att.labels if att.labels is not None else att.targets
+    pred = forward(retrained, torch.as_tensor(inputs).to(device=device, dtype=dtype)).argmax(1).cpu().numpy()
     bal = 100 * np.mean([(pred[y == c] == c).mean() for c in np.unique(y)])
     return pd.DataFrame([dict(check="label permutation", balanced_accuracy=bal,
-                              **attribution_similarity(attributions, explain_fn(model, inputs, targets), ks))])
+                              **attribution_similarity(att.scores, explain_fn(retrained, inputs, att.targets), ks))])
 
 # %% ../nbs/07_metrics.ipynb #627dc8f0
 def _bench_run(n:int, n_used:int, method:str, G:int=15000, C:int=33, seed:int=0)->dict:
@@ -959,21 +879,22 @@ def _bench_run(n:int, n_used:int, method:str, G:int=15000, C:int=33, seed:int=0)
     with torch.no_grad(): y = model(X).argmax(1).numpy()  # targets = predictions: every sample is "correct" and counts
     A = np.random.default_rng(seed).standard_normal((n, G), dtype=np.float32)[:n_used]
     t0 = time.perf_counter()
-    out = prediction_gaps(model, X, y, A, method=method)
+    att = Attributions(scores=A, targets=y, labels=y, inputs=X.numpy())
+    out = prediction_gaps(model, att, path=method)
     return dict(seconds=time.perf_counter() - t0, **out)
 
 # %% ../nbs/07_metrics.ipynb #911bace5
-def benchmark(
+def _benchmark(
     quick:bool=False, # 400 samples for the exact path and 1 for the reference, instead of 3960 and 2
 )->list[dict]:
     "Time all prediction gaps on the SIMU1 test set size: exact prefix sums vs the slow reference (extrapolated)."
     from igtcga.bench import measure
     n, n_ref = (400, 1) if quick else (3960, 2)
     # every run builds its data in its own forked child: torch's thread pool must not be used before a fork
-    run = measure(_bench_run, n, n, "exact")
+    run = measure(_bench_run, n, n, "fast")
     ours, peak = run["result"], run["peak_mb"]
     ref = measure(_bench_run, n, n_ref, "slow")["result"]
-    same = measure(_bench_run, n, n_ref, "exact")["result"]
+    same = measure(_bench_run, n, n_ref, "fast")["result"]
     diff = max(abs(same[k] - ref[k]) for k in same if k != "seconds")
     ref_s = ref["seconds"] * n / n_ref
     return [dict(benchmark="metrics", case=f"all PGs (34 orderings), {n} × 15000, 33 classes, MLP", ours_s=ours["seconds"],

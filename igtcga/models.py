@@ -12,6 +12,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from .core import check_int
 from .graph import to_torch_sparse
 
 # %% auto #0
@@ -49,14 +50,12 @@ class GeneModel(nn.Module):
 # %% ../nbs/04_models.ipynb #849df7a0
 def _check_sizes(n_genes, n_classes, n_hidden=None):
     for name, v in (("n_genes", n_genes), ("n_classes", n_classes), ("n_hidden", n_hidden)):
-        if v is None: continue
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if v is not None: check_int(v, name, 1)
     if n_classes < 2: raise ValueError(f"n_classes must be at least 2 (binary tasks use 2 logits), got {n_classes}")
 
 # %% ../nbs/04_models.ipynb #5325641c
 class LR(GeneModel):
-    "Logistic regression: Dropout(0.2) on the input, then one linear layer to the class logits (spec §5.1)."
+    "Logistic regression: Dropout(0.2) on the input, then one linear layer to the class logits (protocol §5.1)."
     def __init__(self,
                  n_genes:int, # number of input genes
                  n_classes:int, # number of classes (logits)
@@ -76,7 +75,7 @@ class LR(GeneModel):
 
 # %% ../nbs/04_models.ipynb #d166bb78
 class MLP(GeneModel):
-    "One hidden layer: Linear(G, 20) → BatchNorm1d → ReLU → Linear(20, C) (spec §5.1)."
+    "One hidden layer: Linear(G, 20) → BatchNorm1d → ReLU → Linear(20, C) (protocol §5.1)."
     def __init__(self,
                  n_genes:int, # number of input genes
                  n_classes:int, # number of classes (logits)
@@ -149,41 +148,31 @@ class Diffusion(nn.Module):
     def extra_repr(self): return f"{self.n_genes} genes, {self.op_t._nnz()} non-zeros, symmetric={self.symmetric}"
 
 # %% ../nbs/04_models.ipynb #e225499c
-def _diffusion_weight(diffusion:Diffusion, W:torch.Tensor)->torch.Tensor:
-    "Effective weight W Âᵀ (= W Â for a symmetric Â) of a first layer W (out, genes) applied to x Â; differentiable."
-    return diffusion.transposed(W)
+class _Diffused:
+    "What DiffuseLR and DiffuseMLP add to their parent network: x ↦ x Â before it, and the first-layer weight W Âᵀ."
+    def __init__(self,
+                 diffusion, # the genes × genes diffusion operator Â (e.g. `gene_graph(...).diffusion`)
+                 n_classes:int, # number of classes (logits)
+                 *args, **kwargs, # the parent's other arguments (`dropout` for LR, `n_hidden` for MLP)
+                ):
+        diffusion = diffusion if isinstance(diffusion, Diffusion) else Diffusion(diffusion)
+        super().__init__(diffusion.n_genes, n_classes, *args, **kwargs)
+        self.diffusion = diffusion
+    def first_linear_weight(self)->torch.Tensor:
+        "Effective weight W Âᵀ (= W Â for a symmetric Â) of the first layer on the model input; differentiable."
+        return self.diffusion.transposed(self.first_linear.weight)
+    def init_args(self)->dict:
+        args = {k: v for k, v in super().init_args().items() if k != "n_genes"}
+        return dict(diffusion=self.diffusion.operator(), **args)
+    def forward(self, x:torch.Tensor)->torch.Tensor: return super().forward(self.diffusion(x))
 
 # %% ../nbs/04_models.ipynb #25a7553a
-class DiffuseLR(LR):
-    "`LR` on diffused input x Â (dropout after the diffusion, spec §5.1)."
-    def __init__(self,
-                 diffusion, # the genes × genes diffusion operator Â (e.g. `gene_graph(...).diffusion`)
-                 n_classes:int, # number of classes (logits)
-                 dropout:float=0.2, # dropout probability after the diffusion
-                ):
-        diffusion = diffusion if isinstance(diffusion, Diffusion) else Diffusion(diffusion)
-        super().__init__(diffusion.n_genes, n_classes, dropout)
-        self.diffusion = diffusion
-
-    def first_linear_weight(self)->torch.Tensor: return _diffusion_weight(self.diffusion, self.fc.weight)
-    def init_args(self)->dict: return dict(diffusion=self.diffusion.operator(), n_classes=self.n_classes, dropout=self.p_dropout)
-    def forward(self, x:torch.Tensor)->torch.Tensor: return super().forward(self.diffusion(x))
+class DiffuseLR(_Diffused, LR):
+    "`LR` on diffused input x Â: `DiffuseLR(diffusion, n_classes, dropout=0.2)`, dropout after the diffusion (protocol §5.1)."
 
 # %% ../nbs/04_models.ipynb #cc939abc
-class DiffuseMLP(MLP):
-    "`MLP` on diffused input x Â (spec §5.1)."
-    def __init__(self,
-                 diffusion, # the genes × genes diffusion operator Â (e.g. `gene_graph(...).diffusion`)
-                 n_classes:int, # number of classes (logits)
-                 n_hidden:int=20, # hidden units
-                ):
-        diffusion = diffusion if isinstance(diffusion, Diffusion) else Diffusion(diffusion)
-        super().__init__(diffusion.n_genes, n_classes, n_hidden)
-        self.diffusion = diffusion
-
-    def first_linear_weight(self)->torch.Tensor: return _diffusion_weight(self.diffusion, self.fc1.weight)
-    def init_args(self)->dict: return dict(diffusion=self.diffusion.operator(), n_classes=self.n_classes, n_hidden=self.n_hidden)
-    def forward(self, x:torch.Tensor)->torch.Tensor: return super().forward(self.diffusion(x))
+class DiffuseMLP(_Diffused, MLP):
+    "`MLP` on diffused input x Â: `DiffuseMLP(diffusion, n_classes, n_hidden=20)` (protocol §5.1)."
 
 # %% ../nbs/04_models.ipynb #b5023544
 MODELS = {"LR": LR, "MLP": MLP, "DiffuseLR": DiffuseLR, "DiffuseMLP": DiffuseMLP}

@@ -15,22 +15,11 @@ import numpy as np
 from scipy import sparse
 from fastcore.script import call_parse, store_true
 
-from .core import progress
+from .core import check_int, progress
 from .data import ExprData
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHUNK_CELLS', 'SimParams', 'overexpressed_pathways', 'class_prior', 'PathwayStructure', 'draw_structure',
-           'gene_probabilities', 'multinomial_rows', 'sample_counts', 'sample_counts_two_stage', 'simulate',
-           'simulate_cli', 'benchmark']
-
-# %% ../nbs/01_simulation.ipynb #d0593654
-def _check_int(value, name:str, low:int=1, high:int|None=None)->int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer in [{low}, {high if high is not None else 'inf'}], got {value}")
-    return value
+__all__ = ['PRESETS', 'SimParams', 'PathwayStructure', 'draw_structure', 'sample_counts', 'simulate', 'simulate_cli']
 
 # %% ../nbs/01_simulation.ipynb #a75bd469
 def _check_real(value, name:str, low:float=0.0, strict:bool=True)->float:
@@ -44,7 +33,7 @@ def _check_real(value, name:str, low:float=0.0, strict:bool=True)->float:
 # %% ../nbs/01_simulation.ipynb #f713428b
 @dataclass(frozen=True)
 class SimParams:
-    "Parameters of the hierarchical LDA simulation (spec §3.2), checked on construction."
+    "Parameters of the hierarchical LDA simulation (protocol §3.2), checked on construction."
     name:str="custom" # name stored with the data (the preset name for `PRESETS`)
     n_generated:int=33 # classes the generator draws from (SimuB/C: subclasses), each with its own over-expressed pathways
     n_genes:int=15000 # genes G
@@ -59,16 +48,16 @@ class SimParams:
     n_samples:int=9900 # the paper's sample size, used when `simulate(n_samples=None)`
     proportions:tuple|None=None # relative size of each generated class; None: balanced
     regroup:tuple|None=None # model class of each generated class; None: one model class per generated class
-    min_prop:float=0.01 # each gene of an over-expressed pathway needs β ≥ min_prop, else the pathway is redrawn (spec §3.3)
+    min_prop:float=0.01 # each gene of an over-expressed pathway needs β ≥ min_prop, else the pathway is redrawn (protocol §3.3)
     noise:float=0.0 # add U(0, noise) to X (the original's early commits used 1e-4); 0: none
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name: raise ValueError(f"name must be a non-empty string, got {self.name!r}")
-        S = _check_int(self.n_generated, "n_generated", 2)
-        G = _check_int(self.n_genes, "n_genes", 1)
-        P = _check_int(self.n_pathways, "n_pathways", 1)
-        k = _check_int(self.genes_per_pathway, "genes_per_pathway", 1)
-        n_over = _check_int(self.n_overexpressed, "n_overexpressed", 1)
+        S = check_int(self.n_generated, "n_generated", 2)
+        G = check_int(self.n_genes, "n_genes", 1)
+        P = check_int(self.n_pathways, "n_pathways", 1)
+        k = check_int(self.genes_per_pathway, "genes_per_pathway", 1)
+        n_over = check_int(self.n_overexpressed, "n_overexpressed", 1)
         if self.structure not in ("block", "random"):
             raise ValueError(f"structure must be 'block' (disjoint supports) or 'random' (overlapping), got {self.structure!r}")
         if self.structure == "block" and P * k != G:
@@ -80,8 +69,8 @@ class SimParams:
             raise ValueError(f"{S} generated classes × {n_over} over-expressed pathways = {S*n_over} over-expressed "
                              f"pathways, but only n_pathways = {P} exist")
         for name in ("alpha", "alpha_overexpressed", "eta"): _check_real(getattr(self, name), name)
-        _check_int(self.n_reads, "n_reads", 1, 2**31 - 1)
-        _check_int(self.n_samples, "n_samples", S)
+        check_int(self.n_reads, "n_reads", 1, 2**31 - 1)
+        check_int(self.n_samples, "n_samples", S)
         min_prop = _check_real(self.min_prop, "min_prop", strict=False)
         if min_prop * k >= 1:
             raise ValueError(f"min_prop = {min_prop} can never hold for a pathway of {k} genes (its weights sum to 1): "
@@ -92,7 +81,7 @@ class SimParams:
             if len(props) != S: raise ValueError(f"proportions has {len(props)} entries for {S} generated classes")
             object.__setattr__(self, "proportions", props)
         if self.regroup is not None:
-            regroup = tuple(_check_int(c, "regroup", 0) for c in self.regroup)
+            regroup = tuple(check_int(c, "regroup", 0) for c in self.regroup)
             if len(regroup) != S: raise ValueError(f"regroup has {len(regroup)} entries for {S} generated classes")
             if set(regroup) != set(range(max(regroup) + 1)) or max(regroup) < 1:
                 raise ValueError(f"regroup must name model classes 0..K-1 (K >= 2), each at least once, got {regroup}")
@@ -115,7 +104,7 @@ class SimParams:
                           n_samples:int|None=None, # total number of samples (None: the paper size)
                          )->np.ndarray: # samples of each generated class, summing to `n_samples`
         "Split `n_samples` over the generated classes by `proportions` (floor, then the remainder to the largest fractions)."
-        n = self.n_samples if n_samples is None else _check_int(n_samples, "n_samples", self.n_generated)
+        n = self.n_samples if n_samples is None else check_int(n_samples, "n_samples", self.n_generated)
         props = np.ones(self.n_generated) if self.proportions is None else np.array(self.proportions)
         exact = n * props / props.sum()
         counts = np.floor(exact).astype(np.int64)
@@ -160,7 +149,7 @@ def _resolve(
 def overexpressed_pathways(
     params, # a preset name or a `SimParams`
 )->np.ndarray: # (n_generated × n_overexpressed) pathway indices
-    "Over-expressed pathways of each generated class: class c gets [c·n, (c+1)·n) (spec §3.1)."
+    "Over-expressed pathways of each generated class: class c gets [c·n, (c+1)·n) (protocol §3.1)."
     params = _resolve(params)
     return np.arange(params.n_generated * params.n_overexpressed).reshape(params.n_generated, params.n_overexpressed)
 
@@ -301,7 +290,7 @@ def draw_structure(
 )->PathwayStructure:
     "Draw every pathway's support and gene weights β, redrawing over-expressed pathways that fail the validity rule."
     params = _resolve(params)
-    rng = _generator(_check_int(seed, "seed", 0), 0)
+    rng = _generator(check_int(seed, "seed", 0), 0)
     P = params.n_pathways
     sizes, genes, weights = _draw_pathways(rng, params, np.arange(P))
     over = overexpressed_pathways(params)
@@ -383,7 +372,7 @@ def multinomial_rows(
     if not np.isfinite(probs).all() or (probs < 0).any(): raise ValueError("probs must be finite and non-negative")
     totals = probs.sum(axis=1)
     if (totals <= 0).any(): raise ValueError(f"probs rows {np.flatnonzero(totals <= 0)[:5].tolist()} sum to 0")
-    return _multinomial_normalised(_check_int(n_trials, "n_trials", 0), probs / totals[:, None], rng, slack)
+    return _multinomial_normalised(check_int(n_trials, "n_trials", 0), probs / totals[:, None], rng, slack)
 
 # %% ../nbs/01_simulation.ipynb #ee74f40f
 def sample_counts(
@@ -398,7 +387,7 @@ def sample_counts(
     if not np.isfinite(theta).all() or (theta < 0).any() or (theta.sum(axis=1) <= 0).any():
         raise ValueError("theta rows must be finite, non-negative and not all zero")
     theta = theta / theta.sum(axis=1, keepdims=True)
-    return _multinomial_normalised(_check_int(n_reads, "n_reads", 0), gene_probabilities(theta, structure), rng, slack).astype(np.int32)
+    return _multinomial_normalised(check_int(n_reads, "n_reads", 0), gene_probabilities(theta, structure), rng, slack).astype(np.int32)
 
 # %% ../nbs/01_simulation.ipynb #b7eae650
 def sample_counts_two_stage(
@@ -407,7 +396,7 @@ def sample_counts_two_stage(
     n_reads:int, # reads per sample
     rng, # a NumPy `Generator` or legacy `RandomState` (the original used `np.random`)
 )->np.ndarray: # (n × G) int64 read counts
-    "Reference formulation of the original code (spec §13.1): reads per pathway, then one multinomial per pathway over a dense length-G vector."
+    "Reference formulation of the original code (protocol §13.1): reads per pathway, then one multinomial per pathway over a dense length-G vector."
     theta = np.asarray(theta, dtype=np.float64)
     n, (P, G) = len(theta), structure.beta.shape
     indptr, indices, data = structure.beta.indptr, structure.beta.indices, structure.beta.data
@@ -461,10 +450,10 @@ def simulate(
     quiet:bool|None=None, # progress bar: True never, False always, None decide from the environment
     n_jobs:int|None=None, # threads drawing chunks (None: available cores, at most 4); does not change the result
 )->ExprData:
-    "Simulate a dataset of spec §3 with its ground truth: X in reads per million (float32), labels, subclasses, truth."
+    "Simulate a dataset of protocol §3 with its ground truth: X in reads per million (float32), labels, subclasses, truth."
     params = _resolve(params)
-    seed = _check_int(seed, "seed", 0)
-    n_jobs = _default_jobs() if n_jobs is None else _check_int(n_jobs, "n_jobs", 1)
+    seed = check_int(seed, "seed", 0)
+    n_jobs = _default_jobs() if n_jobs is None else check_int(n_jobs, "n_jobs", 1)
     per_class = params.samples_per_class(n_samples)
     n, G = int(per_class.sum()), params.n_genes
     generated = np.repeat(np.arange(params.n_generated), per_class)
@@ -509,7 +498,7 @@ def simulate_cli(
     n_jobs:int=None, # threads (default: available cores, at most 4); the data do not depend on it
     quiet:store_true=False, # no progress bar
 ):
-    "Simulate a dataset of the study (spec §3) and write it, with its ground truth, as an .h5ad file."
+    "Simulate a dataset of the study (protocol §3) and write it, with its ground truth, as an .h5ad file."
     params = _resolve(preset)
     if noise: params = dataclasses.replace(params, noise=noise)
     out = Path(out) if out else Path(f"{params.name}.h5ad")
@@ -539,12 +528,14 @@ def _sampler_rates(name:str, n_ours:int, n_ref:int)->dict:
     return dict(ours=ours["seconds"] / n_ours, reference=ref["seconds"] / n_ref, peak_mb=ours["peak_mb"])
 
 # %% ../nbs/01_simulation.ipynb #41160906
-def benchmark(
+def _benchmark(
     quick:bool=False, # fewer samples (a few seconds) and no full-size runs
+    tiny:bool=False, # a handful of samples and no full-size runs: every code path of the quick version, for tests
 )->list[dict]:
     "Samples per second of the exact one-multinomial sampler vs the original two-stage loop, and full-size runs."
     from igtcga.bench import measure
-    sizes = {"SIMU1": (278, 3), "SimuA": (82, 1)} if quick else {"SIMU1": (1390, 20), "SimuA": (410, 4)}
+    quick = quick or tiny
+    sizes = {"SIMU1": (33, 1), "SimuA": (4, 1)} if tiny else {"SIMU1": (278, 3), "SimuA": (82, 1)} if quick else {"SIMU1": (1390, 20), "SimuA": (410, 4)}
     rows, rates = [], {}
     for name, (n_ours, n_ref) in sizes.items():
         r = rates[name] = _sampler_rates(name, n_ours, n_ref)

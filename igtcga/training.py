@@ -18,13 +18,13 @@ from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 
 from .bench import measure
-from .core import atomic_path, check_finite, get_device, progress, set_seed
+from .core import (atomic_path, check_finite, check_int, evaluating, forward, get_device, progress,
+                         set_seed)
 from .graph import diffusion_matrix
 from .models import LR, MLP, Diffusion, GeneModel, build_model
 
 # %% auto #0
-__all__ = ['check_inputs', 'TrainResult', 'predict', 'torch_threads', 'train', 'save_checkpoint', 'load_checkpoint', 'train_runs',
-           'benchmark']
+__all__ = ['TrainResult', 'predict', 'train', 'save_checkpoint', 'load_checkpoint', 'train_runs']
 
 # %% ../nbs/05_training.ipynb #e89fb8aa
 def _batches(
@@ -117,7 +117,7 @@ class TrainResult:
     def train_idx(self)->np.ndarray: return np.asarray(self.split.train, dtype=np.int64)
     @property
     def correct_test(self)->np.ndarray:
-        "Sample indices of the correctly classified test samples (explanations are evaluated on these, spec §8)."
+        "Sample indices of the correctly classified test samples (explanations are evaluated on these, protocol §8)."
         return self.test_idx[self.test_pred == self.test_true]
     def metrics(self)->dict:
         "The scalar metrics, as in the results table."
@@ -130,21 +130,16 @@ class TrainResult:
                 f"{', resumed' if self.resumed else ''})")
 
 # %% ../nbs/05_training.ipynb #e898c1c1
-@torch.no_grad()
 def predict(
     model:nn.Module, # a classifier returning logits
     X, # model-input rows (samples × genes): NumPy array or tensor
     batch_size:int=1024, # rows per forward pass
-    device:str|torch.device|None=None, # default: the model's device
-)->torch.Tensor: # logits (samples × classes), on the CPU
+    device:str|torch.device|None=None, # where to run the model (moved there for the call); default: where it is
+)->torch.Tensor: # logits (samples × classes), float32 on the CPU
     "Logits of `model` on `X`, in evaluation mode."
-    dev = next(model.parameters()).device if device is None else get_device(device)
-    was_training = model.training
-    model.eval()
-    X = torch.as_tensor(np.asarray(X, dtype=np.float32)) if not isinstance(X, torch.Tensor) else X
-    out = [model(X[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(X), batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, _n_classes(model) or 0)
+    X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X, dtype=np.float32))
+    if len(X) == 0: return torch.empty(0, _n_classes(model) or 0)
+    with evaluating(model, device): return forward(model, X, batch_size=batch_size).float().cpu()
 
 # %% ../nbs/05_training.ipynb #c7f37a8b
 def _scores(y_true:np.ndarray, y_pred:np.ndarray)->tuple[float, float]:
@@ -165,19 +160,17 @@ def _reset(model:nn.Module, seed:int):
 def _hparams(epochs:int=25, batch_size:int=32, lr:float=0.1, momentum:float=0.9, weight_decay:float=1e-4,
              milestones:tuple=(12, 22), gamma:float=0.1, shuffle:bool=True)->dict:
     "The training hyper-parameters, checked and normalised (the paper's values as defaults)."
-    def whole(v, name, low):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    whole(epochs, "epochs", 1); whole(batch_size, "batch_size", 1)
+    epochs, batch_size = check_int(epochs, "epochs", 1), check_int(batch_size, "batch_size", 1)
     for v, name in ((lr, "lr"), (gamma, "gamma")):
         if not (np.isfinite(v) and v > 0): raise ValueError(f"{name} must be a positive number, got {v!r}")
     for v, name in ((momentum, "momentum"), (weight_decay, "weight_decay")):
         if not (np.isfinite(v) and v >= 0): raise ValueError(f"{name} must be a non-negative number, got {v!r}")
-    ms = list(milestones)
-    if any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 for m in ms) or ms != sorted(set(ms)):
+    try: ms = [check_int(m, "milestones", 1) for m in milestones]
+    except (TypeError, ValueError): ms = None
+    if ms is None or ms != sorted(set(ms)):
         raise ValueError(f"milestones must be increasing positive epoch numbers, got {milestones!r}")
     return dict(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), momentum=float(momentum),
-                weight_decay=float(weight_decay), milestones=tuple(int(m) for m in ms), gamma=float(gamma), shuffle=bool(shuffle))
+                weight_decay=float(weight_decay), milestones=tuple(ms), gamma=float(gamma), shuffle=bool(shuffle))
 
 # %% ../nbs/05_training.ipynb #0610aa5d
 @contextlib.contextmanager
@@ -231,7 +224,7 @@ def _fit(model, X, y, hp:dict, seed:int, quiet)->list[float]:
         batches = _batches(len(X), hp["batch_size"], rng if hp["shuffle"] else None)
         losses.append(_run_epoch(model, X, y, batches, optimizer, loss_fn))
         scheduler.step()
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)  # shown at the next redraw
     return losses
 
 # %% ../nbs/05_training.ipynb #931d4068
@@ -266,8 +259,7 @@ def train(
 )->TrainResult:
     "Train `model` on the training samples of `split` with the paper's protocol and evaluate it on both sides."
     hp = _hparams(epochs, batch_size, lr, momentum, weight_decay, milestones, gamma, shuffle)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    seed = check_int(seed, "seed", 0, 2**32 - 1)
     transform, train_idx, test_idx, X_train, X_test = _prepare(model, data, split, transform)
     y = np.asarray(data.y, dtype=np.int64)
     dev = get_device(device)
@@ -280,7 +272,7 @@ def train(
         seconds = time.perf_counter() - t0
         model.eval()
         m = _evaluate(model, Xt, y[train_idx], X_test, y[test_idx])
-    return TrainResult(model, transform, split, int(seed), hp, np.array(losses), m["train_acc"], m["balanced_train_acc"],
+    return TrainResult(model, transform, split, seed, hp, np.array(losses), m["train_acc"], m["balanced_train_acc"],
                        m["test_acc"], m["balanced_test_acc"], m["confusion"], m["test_pred"], y[test_idx], seconds)
 
 # %% ../nbs/05_training.ipynb #22d9ef2d
@@ -439,11 +431,12 @@ def _bench_diffusion(g:int, reps:int, reference:bool)->dict:
     return dict(seconds=(time.perf_counter() - t0) / reps, checksum=float(out.double().sum()), first=out[0, :20].tolist())
 
 # %% ../nbs/05_training.ipynb #6e0722c7
-def benchmark(
+def _benchmark(
     quick:bool=False, # smaller data (seconds) instead of SIMU1 size
+    tiny:bool=False, # tiny data, for tests: the code paths of the quick version in seconds
 )->list[dict]:
     "Rows for `igtcga-bench epoch`: seconds per epoch for LR and MLP, and the Diffuse* forward pass, vs the original's formulation."
-    n, g, c = (1000, 3000, 33) if quick else (5940, 15000, 33)
+    n, g, c = (64, 100, 3) if tiny else (1000, 3000, 33) if quick else (5940, 15000, 33)
     rows = []
     for name in ("LR", "MLP"):
         ours = measure(_bench_epoch, name, n, g, c, False)
@@ -452,11 +445,11 @@ def benchmark(
         rows.append(dict(benchmark="epoch", case=f"{name} epoch, {n}x{g}, {c} classes, batch 32", ours_s=o, reference_s=r,
                          ratio=r / o, peak_mb=ours["peak_mb"],
                          note="reference: DataLoader + random sampler + transform per batch"))
-    reps = 20 if quick else 50
+    reps = 2 if tiny else 20 if quick else 50
     ours = measure(_bench_diffusion, g, reps, False)["result"]
     ref = measure(_bench_diffusion, g, max(reps // 5, 2), True)["result"]
     same = np.allclose(ours["first"], ref["first"], atol=1e-5) and abs(ours["checksum"] - ref["checksum"]) < 1e-3 * max(1, abs(ref["checksum"]))
     rows.append(dict(benchmark="epoch", case=f"Diffuse* forward, batch 32 x {g} genes, 10-gene cliques", ours_s=ours["seconds"],
                      reference_s=ref["seconds"], ratio=ref["seconds"] / ours["seconds"], peak_mb=float("nan"),
-                     note=f"reference: edge list copied 32x + scatter-add (spec §13.4); same output: {same}"))
+                     note=f"reference: edge list copied 32x + scatter-add (protocol §13.4); same output: {same}"))
     return rows

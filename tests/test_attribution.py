@@ -1,6 +1,6 @@
 """Integrated Gradients (fast path and Captum path), completeness control, baselines, targets, other methods,
-statistical rankings and the `Attributions` object, checked against Captum, SciPy, scikit-learn and direct
-computations written here."""
+statistical rankings and the `Attributions` object (with what evaluation needs: model inputs, baseline, correct rows,
+ground truth), checked against Captum, SciPy, scikit-learn and direct computations written here."""
 import warnings
 
 import numpy as np
@@ -409,6 +409,104 @@ def test_attributions_save_load_round_trip(tmp_path):
         Attributions.load(tmp_path / "other.npz")
 
 
+def test_explain_records_what_evaluation_needs():
+    "The evaluation contract: model inputs, baseline, labels, predictions and `correct` travel with the scores."
+    d = tiny_expr()
+    model = MODELS["LR"]
+    a = explain(model, d, n_steps=16, quiet=True)
+    assert a.inputs.dtype == np.float32 and np.array_equal(a.inputs, d.X.astype(np.float32))
+    assert a.model_inputs() is a.inputs
+    with torch.no_grad(): pred = model(torch.as_tensor(d.X, dtype=torch.float64)).argmax(1).numpy()
+    assert np.array_equal(a.labels, d.y) and np.array_equal(a.predictions, pred) and np.array_equal(a.correct, d.y == pred)
+    assert np.array_equal(a.baseline, np.zeros(G, np.float32))
+    assert a.groups is None and a.truth is None  # real-like data: no ground truth
+    with pytest.raises(ValueError, match="no ground truth"):
+        a.ground_truth()
+    every = explain(model, d, target="all", n_steps=16, tol=None, quiet=True)  # one row per (sample, class)
+    assert np.array_equal(every.inputs, np.repeat(d.X.astype(np.float32), C, axis=0))
+    assert np.array_equal(every.correct, np.repeat(d.y == pred, C))
+    part = a.subset(d.y == 1)
+    assert np.array_equal(part.inputs, a.inputs[d.y == 1]) and np.array_equal(part.targets, np.ones(part.n_rows))
+    bare = Attributions(scores=a.scores, targets=a.targets)
+    with pytest.raises(ValueError, match=r"carry no model inputs.*with_inputs"):
+        bare.model_inputs()
+    np.testing.assert_array_equal(bare.with_inputs(d.X).model_inputs(), a.inputs)
+    assert bare.inputs is None  # with_inputs returns a copy
+
+
+def test_attributions_from_arrays():
+    rng = np.random.default_rng(0)
+    scores, X = rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
+    y = np.array([0, 1, 2, 1, 0])
+    a = Attributions(scores=scores, targets=y, labels=y, inputs=torch.as_tensor(X), baseline=np.ones((1, 6)))
+    assert a.sample_ids == [f"S{i}" for i in range(5)] and a.classes == ["0", "1", "2"]
+    assert a.inputs.dtype == np.float32 and np.allclose(a.inputs, X) and a.baseline.shape == (6,)
+    assert a.correct.all()  # predictions unknown: every row counts as correct
+    with pytest.raises(ValueError, match="inputs have shape"):
+        Attributions(scores=scores, targets=y, inputs=X[:, :4])
+    with pytest.raises(ValueError, match="baseline has shape"):
+        Attributions(scores=scores, targets=y, baseline=np.ones(4))
+    with pytest.raises(ValueError, match="groups has"):
+        Attributions(scores=scores, targets=y, groups=[0, 1])
+    with pytest.raises(ValueError, match="targets has"):
+        Attributions(scores=scores, targets=y[:3])
+    with pytest.raises(ValueError, match="labels are unknown"):
+        Attributions(scores=scores, targets=y, truth={0: [1]}).ground_truth()
+    groups, truth = Attributions(scores=scores, targets=y, labels=y, truth={0: [3, 1, 1], 2: [5]}).ground_truth()
+    assert np.array_equal(groups, y) and {k: v.tolist() for k, v in truth.items()} == {0: [1, 3], 2: [5]}
+
+
+def toy_simulation():
+    from igtcga.simulation import SimParams, simulate
+    params = SimParams("toyB", n_generated=3, n_genes=G, n_pathways=6, genes_per_pathway=4, n_overexpressed=1,
+                       n_samples=30, regroup=(0, 0, 1))
+    return simulate(params, seed=0)
+
+
+def test_explain_on_a_simulation_records_the_ground_truth(tmp_path):
+    from igtcga.data import informative_genes
+    d = toy_simulation()
+    assert d.subclass is not None and d.truth is not None
+    model = LR(G, 2).double().eval()
+    a = explain(model, d, n_steps=8, tol=None, quiet=True)
+    want = {k: v.tolist() for k, v in informative_genes(d).items()}
+    assert {k: v.tolist() for k, v in a.truth.items()} == want
+    assert np.array_equal(a.groups, d.subclass)
+    groups, truth = a.ground_truth()
+    assert np.array_equal(groups, d.subclass) and {k: v.tolist() for k, v in truth.items()} == want
+    every = explain(model, d, target="all", n_steps=8, tol=None, quiet=True)
+    assert np.array_equal(every.groups, np.repeat(d.subclass, 2))
+    part = a.subset(d.y == 0)
+    assert np.array_equal(part.groups, d.subclass[d.y == 0]) and part.truth.keys() == a.truth.keys()
+    # save / load keeps inputs, groups and truth; inputs=False leaves the inputs out, `with_inputs` puts them back
+    b = Attributions.load(a.save(tmp_path / "sim.npz"))
+    for name in ("inputs", "groups", "scores", "baseline", "labels", "predictions"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name))
+    assert {k: v.tolist() for k, v in b.truth.items()} == want
+    small = Attributions.load(a.save(tmp_path / "small.npz", inputs=False))
+    assert small.inputs is None and np.array_equal(small.groups, a.groups) and small.truth.keys() == a.truth.keys()
+    assert (tmp_path / "small.npz").stat().st_size < (tmp_path / "sim.npz").stat().st_size
+    np.testing.assert_array_equal(small.with_inputs(d.X).inputs, a.inputs)
+    # a dataset without subclasses: the groups are the labels
+    plain = explain(LR(G, C).double().eval(), tiny_expr(), n_steps=8, tol=None, quiet=True)
+    assert plain.groups is None and plain.truth is None
+
+
+def test_explain_accepts_a_train_result():
+    from igtcga.data import Standardize, paper_split
+    from igtcga.training import train
+    d = tiny_expr()
+    run = train(LR(G, C), d, paper_split(d.n_samples), Standardize(), epochs=1, seed=0, device="cpu", quiet=True)
+    a = explain(run, d, baseline="train_mean", reference=d, n_steps=16, tol=None, quiet=True)
+    b = explain(run.model, d, baseline="train_mean", reference=d, transform=run.transform, n_steps=16, tol=None, quiet=True)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_allclose(a.inputs, run.transform.transform(d.X), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.baseline, run.transform.transform(d.X).mean(0), rtol=1e-4, atol=1e-5)
+    assert a.settings["model"] == "LR"
+    with pytest.raises(TypeError, match="torch.nn.Module or a TrainResult"):
+        explain("not a model", d)
+
+
 def test_class_scores_against_direct_computation():
     rng = np.random.default_rng(5)
     scores = rng.normal(size=(20, 6))
@@ -532,7 +630,7 @@ def test_bad_inputs(data):
         integrated_gradients(model, X, y, torch.where(torch.arange(G) == 0, float("nan"), 0.0))
     with pytest.raises(ValueError, match="2-D array"):
         integrated_gradients(model, X[0], y[0], base)
-    with pytest.raises(ValueError, match="n_steps must be a positive integer"):
+    with pytest.raises(ValueError, match="n_steps must be an integer >= 1"):
         integrated_gradients(model, X, y, base, n_steps=0)
     with pytest.raises(ValueError, match="output must be one of"):
         integrated_gradients(model, X, y, base, output="proba")

@@ -1,5 +1,5 @@
 """igtcga.data: ExprData conversions, reading a user's matrix (every bad input has its own error), the paper's and the
-stratified splits, and the transforms of spec §4 against hand-computed values and independent NumPy/torch formulas."""
+stratified splits, and the transforms of protocol §4 against hand-computed values and independent NumPy/torch formulas."""
 import csv, gzip, io, json, logging, pickle
 from pathlib import Path
 
@@ -186,7 +186,7 @@ def test_paper_split_is_the_legacy_global_shuffle(n):
     try:
         np.random.seed(43)
         order = list(range(n))
-        np.random.shuffle(order)  # the original's calls (spec §2.4)
+        np.random.shuffle(order)  # the original's calls (protocol §2.4)
     finally:
         np.random.set_state(state)
     before = np.random.get_state()[1].copy()
@@ -198,7 +198,7 @@ def test_paper_split_is_the_legacy_global_shuffle(n):
     assert s.train.dtype == np.int64 and s.test.dtype == np.int64
 
 
-def test_paper_split_sizes_of_spec():
+def test_paper_split_sizes_of_the_protocol():
     sizes = {n: (len(paper_split(n).test), len(paper_split(n).train)) for n in (9853, 9900, 1200, 1210, 606)}
     assert sizes == {9853: (3941, 5912), 9900: (3960, 5940), 1200: (480, 720), 1210: (484, 726), 606: (242, 364)}
 
@@ -248,7 +248,7 @@ def test_standardize_matches_torch_unbiased_std_and_uses_train_only():
     train, test = rng.normal(3, 2, (40, 6)), rng.normal(3, 2, (9, 6))
     t = Standardize().fit(train)
     tt = torch.tensor(train)
-    mean, std = tt.mean(0), tt.std(0)  # torch's std is unbiased (n - 1), spec §4
+    mean, std = tt.mean(0), tt.std(0)  # torch's std is unbiased (n - 1), protocol §4
     np.testing.assert_allclose(t.transform(test), ((torch.tensor(test) - mean) / std).numpy(), rtol=1e-5, atol=1e-5)
     z = t.transform(train)
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
@@ -282,7 +282,7 @@ def test_gene_stats_blockwise_equals_whole():
 
 
 def independent_recipes(dataset, train, test):
-    "The formulas of spec §4 written directly in float64 NumPy."
+    "The formulas of protocol §4 written directly in float64 NumPy."
     if dataset == "pancan":
         L, Lt = np.log2(train + 1), np.log2(test + 1)
         return (Lt - L.mean(0)) / L.std(0, ddof=1)
@@ -296,7 +296,7 @@ def independent_recipes(dataset, train, test):
 
 
 @pytest.mark.parametrize("dataset", ["pancan", "BRCA", "SIMU1"])
-def test_recipes_match_the_spec_formulas(dataset):
+def test_recipes_match_the_protocol_formulas(dataset):
     rng = np.random.default_rng(3)
     raw = rng.lognormal(3, 1.5, (60, 8))
     if dataset == "BRCA": raw = np.log2(np.round(raw) + 1)  # GDC hub files store log2(count + 1)
@@ -384,3 +384,30 @@ def test_quality_control_against_loops():
         assert sparse[i] == (np.mean(X[i] == 0) > 0.75)
     with pytest.raises(ValueError, match="labels for"):
         low_count_genes(X, y[:-1])
+
+
+# ------------------------------------------------------------------------------------------------------ dataset registry
+def test_registry_is_the_one_source_of_dataset_facts():
+    from igtcga.data import DATASETS, dataset_info
+    from igtcga.experiments import Experiment
+    from igtcga.simulation import PRESETS
+    simulations = {k for k, v in DATASETS.items() if v.kind == "simulation"}
+    assert simulations == set(PRESETS), "every simulation preset needs a registry entry, and the other way round"
+    for name, info in DATASETS.items():
+        transform_for(name)  # every entry has a transform recipe
+        exp = Experiment.small(name)
+        assert (exp.kind, exp.baseline) == (info.kind, info.baseline)
+        assert exp.studied_classes == (None if info.studied is None else list(info.studied))
+        assert exp.n_samples == info.small_samples
+    assert dataset_info("KIRC") is DATASETS["kirc"] and dataset_info("x/counts.csv.gz").kind == "file"
+    with pytest.raises(ValueError, match="unknown dataset 'simu9'"):
+        dataset_info("simu9")
+
+
+def test_informative_genes_live_with_the_data():
+    from igtcga.data import informative_genes
+    data = ExprData(np.ones((4, 5)), [0, 0, 1, 1], ["a", "b"], list("ABCDE"), truth={0: [0, 1], 1: [3]})
+    assert {k: v.tolist() for k, v in informative_genes(data).items()} == {0: [0, 1, 3], 1: [0, 1, 3]}
+    assert informative_genes(data, rule="own")[1].tolist() == [3]
+    with pytest.raises(ValueError, match="no ground truth"):
+        informative_genes(ExprData(np.ones((4, 5)), [0, 0, 1, 1], ["a", "b"], list("ABCDE")))

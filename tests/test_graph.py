@@ -13,7 +13,7 @@ from igtcga.graph import (GeneGraph, cached_correlation_graph, correlation_graph
 
 
 def dense_graph(X, threshold):
-    "The original formulation (spec §7): np.corrcoef, NaN -> 0, zero diagonal, keep |r| > threshold."
+    "The original formulation (protocol §7): np.corrcoef, NaN -> 0, zero diagonal, keep |r| > threshold."
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         R = np.corrcoef(np.asarray(X, dtype=np.float64), rowvar=False)

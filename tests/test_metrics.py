@@ -1,5 +1,6 @@
 """Tests of igtcga.metrics: the exact prediction-gap path against the slow oracle and against a naive implementation of
-the definition, aggregation rules, feature agreement, AUCs, curves, ranking stability, sanity checks and bad input."""
+the definition, aggregation rules, feature agreement, AUCs, curves, ranking stability, sanity checks, bad input, and the
+evaluation contract: every metric is called as `metric(model, att)` with the `Attributions` that `explain` returns."""
 import math
 import warnings
 
@@ -11,12 +12,14 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 from torch import nn
 
-from igtcga.metrics import (AttributionAUC, FeatureAgreement, PredictionGap, accuracy_curves, attribution_similarity,
-                            class_gene_scores, diffuse, feature_agreements, feature_order, gene_grid, gene_ranks,
-                            gene_scores, informative_genes, label_permutation_test, linear_parts,
-                            parameter_randomisation_test, pg_exact, pg_points, pg_samples, pg_slow, plot_curves,
-                            plot_stability_heatmap, prediction_gaps, rank_correlations, ranking_stability, topk_overlap,
-                            unit_rows)
+from igtcga.attribution import Attributions, attribute, explain, integrated_gradients
+from igtcga.core import unit_rows
+from igtcga.data import informative_genes
+from igtcga.metrics import (AccuracyCurves, AttributionAUC, FeatureAgreement, PredictionGap, _linear_parts, accuracy_curves,
+                            attribution_similarity, class_gene_scores, diffuse, evaluate, feature_agreements, feature_order,
+                            gene_grid, gene_ranks, gene_scores, label_permutation_test, parameter_randomisation_test,
+                            pg_exact, pg_points, pg_samples, pg_slow, plot_curves, plot_stability_heatmap, prediction_gaps,
+                            rank_correlations, ranking_stability, topk_overlap)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,13 +81,18 @@ def data(n, G, C, seed=0):
             torch.randn(G, generator=g, dtype=torch.float64))
 
 
+def att_of(X, y, A, b=None, **kwargs):
+    "An `Attributions` from arrays: scores A of the model-input rows X, each explaining its true class y, baseline b."
+    return Attributions(scores=A, targets=y, labels=y, inputs=X, baseline=b, **kwargs)
+
+
 def orderings(n, G, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randperm(G, generator=g), torch.argsort(torch.rand(n, G, generator=g), 1)]
 
 
 def naive_pg(model, x, y, b, order, gap, tail="drop"):
-    "The definition of spec §8.1 written out with Python loops over points and genes, for one sample."
+    "The definition of protocol §8.1 written out with Python loops over points and genes, for one sample."
     G = len(x)
     with torch.no_grad():
         p0 = torch.softmax(model(x[None]), -1)[0, y].item()
@@ -128,7 +136,7 @@ def test_exact_equals_oracle(make, gap, tail):
     G, C, n = 41, 4, 6
     model = make(G, C)
     X, y, b = data(n, G, C, seed=gap)
-    W, c, head = linear_parts(model)
+    W, c, head = _linear_parts(model)
     for order in orderings(n, G, seed=gap):
         fast = pg_exact(W, c, head, X, y, b, order, gap, tail)
         slow = pg_slow(model, X, y, b, order, gap, tail)
@@ -142,7 +150,7 @@ def test_exact_small_chunks_give_the_same_numbers():
     G, C, n = 30, 3, 9
     model = mlp_like(G, C)
     X, y, b = data(n, G, C)
-    W, c, head = linear_parts(model)
+    W, c, head = _linear_parts(model)
     for order in orderings(n, G):
         big = pg_exact(W, c, head, X, y, b, order, 4, "include")
         tiny = pg_exact(W, c, head, X, y, b, order, 4, "include", max_elements=1)  # one sample per chunk
@@ -170,7 +178,7 @@ def test_exact_diffused_model_uses_W_times_A_hat():
     for order in orderings(n, G):
         fast = pg_exact(W_eff, lin.bias, model.mlp[1:], X, y, b, order, 4, "include")
         np.testing.assert_allclose(fast.numpy(), pg_slow(model, X, y, b, order, 4, "include").numpy(), atol=1e-12)
-    assert linear_parts(model) is None  # not a recognised architecture: the metrics fall back to the slow path
+    assert _linear_parts(model) is None  # not a recognised architecture: the metrics fall back to the slow path
     np.testing.assert_allclose(pg_samples(model, X, y, b, orderings(n, G)[0], 4).numpy(),
                                pg_slow(model, X, y, b, orderings(n, G)[0], 4).numpy())
 
@@ -185,11 +193,11 @@ def test_igtcga_models_dispatch_to_the_exact_path(name):
     if hasattr(model, "bn"):
         with torch.no_grad(): model.bn.running_var.uniform_(0.5, 2); model.bn.running_mean.normal_()
     model.eval()
-    assert linear_parts(model) is not None
+    assert _linear_parts(model) is not None
     X, y, b = (t.float() if t.is_floating_point() else t for t in data(n, G, C, seed=2))
     for order in orderings(n, G, seed=3):
-        fast = pg_samples(model, X, y, b, order, 5, "include", method="exact")
-        slow = pg_samples(model, X, y, b, order, 5, "include", method="slow")
+        fast = pg_samples(model, X, y, b, order, 5, "include", path="fast")
+        slow = pg_samples(model, X, y, b, order, 5, "include", path="slow")
         np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=0, atol=2e-5)  # float32 models
 
 
@@ -204,10 +212,11 @@ def test_exact_path_restores_training_mode():
 # prediction-gap metrics: orderings and aggregation
 
 def small_problem(seed=0, per_class=13, G=20, C=3):
-    "A random MLP whose output bias is centred so that it predicts every class; 13 samples predicted per class."
+    """A random MLP whose output bias is centred so that it predicts every class; 13 samples predicted per class.
+    Inputs, baseline and scores are float32 values (what `Attributions` stores), so hand computations use the same numbers."""
     model = mlp_like(G, C, seed=seed)
     g = torch.Generator().manual_seed(seed)
-    pool = torch.randn(600, G, generator=g, dtype=torch.float64)
+    pool = torch.randn(600, G, generator=g, dtype=torch.float64).float().double()
     with torch.no_grad():
         model[-1].bias -= model(pool).mean(0)
         pred = model(pool).argmax(1).numpy()
@@ -215,69 +224,78 @@ def small_problem(seed=0, per_class=13, G=20, C=3):
     assert len(rows) == C * per_class
     X, y = pool[rows], pred[rows].copy()
     y[[0, 1, per_class]] = (y[[0, 1, per_class]] + 1) % C  # three misclassified samples
-    A = np.random.default_rng(seed).standard_normal((len(rows), G))
-    b = torch.randn(G, generator=g, dtype=torch.float64)
+    A = np.random.default_rng(seed).standard_normal((len(rows), G)).astype(np.float32).astype(np.float64)
+    b = torch.randn(G, generator=g, dtype=torch.float64).float().double()
     return model, X, y, A, b
+
+
+def correct_rows(model, X, y):
+    with torch.no_grad(): return model(X).argmax(1).numpy() == y
+
+
+def macro(per_sample, y_ok):
+    return 100 * np.mean([per_sample[y_ok == c].mean() for c in np.unique(y_ok)])
 
 
 def test_prediction_gaps_exact_equals_slow_and_is_deterministic():
     model, X, y, A, b = small_problem()
-    fast = prediction_gaps(model, X, y, A, b, gap=3, n_random=4, seed=5, adjusted=True)
-    slow = prediction_gaps(model, X, y, A, b, gap=3, n_random=4, seed=5, adjusted=True, method="slow")
+    att = att_of(X, y, A, b)
+    fast = prediction_gaps(model, att, gap=3, n_random=4, seed=5, adjusted=True)
+    slow = prediction_gaps(model, att, gap=3, n_random=4, seed=5, adjusted=True, path="slow")
     assert fast.keys() == slow.keys() == {"PGU_local", "PGI_local", "PGU_global", "PGI_global", "PGR",
                                           "PGU_local_adjusted", "PGU_global_adjusted"}
     for k in fast: assert fast[k] == pytest.approx(slow[k], abs=1e-9)
-    assert prediction_gaps(model, X, y, A, b, gap=3, n_random=4, seed=5, adjusted=True) == fast
+    assert prediction_gaps(model, att, gap=3, n_random=4, seed=5, adjusted=True) == fast
+    table = prediction_gaps(model, att, gap=3, n_random=4, seed=5, per_class=True)
+    assert set(table.metric) == {"PGU_local", "PGI_local", "PGU_global", "PGI_global", "PGR"}
+    assert table.query("metric == 'PGI_local'").pg.mean() == pytest.approx(fast["PGI_local"])
 
 
 def test_local_pg_aggregates_correct_samples_per_class_then_macro():
     model, X, y, A, b = small_problem()
     unit = A / np.linalg.norm(A, axis=1, keepdims=True)
-    with torch.no_grad(): pred = model(X).argmax(1).numpy()
-    ok = pred == y
+    ok = correct_rows(model, X, y)
     per_sample = pg_samples(model, X[ok], torch.as_tensor(y[ok]), b, feature_order(unit[ok], "important"), 3).numpy()
-    want = 100 * np.mean([per_sample[y[ok] == c].mean() for c in np.unique(y[ok])])
-    assert PredictionGap("local", "important", gap=3)(model, X, y, A, b) == pytest.approx(want, abs=1e-10)
-    table = PredictionGap("local", "important", gap=3).evaluate(model, X, y, A, b)
+    want = macro(per_sample, y[ok])
+    att = att_of(X, y, A, b)
+    assert PredictionGap("local", "important", gap=3)(model, att) == pytest.approx(want, abs=1e-10)
+    table = PredictionGap("local", "important", gap=3).evaluate(model, att)
     assert table.n_correct.sum() == ok.sum() and table.n_samples.sum() == len(y)
 
 
 def test_global_ordering_sums_all_studied_samples_including_misclassified():
     model, X, y, A, b = small_problem()
     unit = A / np.linalg.norm(A, axis=1, keepdims=True)
-    with torch.no_grad(): ok = model(X).argmax(1).numpy() == y
+    ok = correct_rows(model, X, y)
     for samples, rows in (("all", np.ones(len(y), bool)), ("correct", ok)):
         order = feature_order(unit[rows].sum(0), "unimportant")
         per_sample = pg_samples(model, X[ok], torch.as_tensor(y[ok]), b, order, 3).numpy()
-        want = 100 * np.mean([per_sample[y[ok] == c].mean() for c in np.unique(y[ok])])
-        got = PredictionGap("global", "unimportant", gap=3, global_samples=samples)(model, X, y, A, b)
-        assert got == pytest.approx(want, abs=1e-10)
+        got = PredictionGap("global", "unimportant", gap=3, global_samples=samples)(model, att_of(X, y, A, b))
+        assert got == pytest.approx(macro(per_sample, y[ok]), abs=1e-10)
 
 
 def test_global_per_class_ordering():
     model, X, y, A, b = small_problem()
     unit = A / np.linalg.norm(A, axis=1, keepdims=True)
-    with torch.no_grad(): ok = model(X).argmax(1).numpy() == y
+    ok = correct_rows(model, X, y)
     per_class = {c: feature_order(unit[y == c].sum(0), "important") for c in np.unique(y)}
     order = torch.stack([per_class[c] for c in y[ok]])
     per_sample = pg_samples(model, X[ok], torch.as_tensor(y[ok]), b, order, 3).numpy()
-    want = 100 * np.mean([per_sample[y[ok] == c].mean() for c in np.unique(y[ok])])
-    assert PredictionGap("global", global_by="class", gap=3)(model, X, y, A, b) == pytest.approx(want, abs=1e-10)
+    got = PredictionGap("global", global_by="class", gap=3)(model, att_of(X, y, A, b))
+    assert got == pytest.approx(macro(per_sample, y[ok]), abs=1e-10)
 
 
 def test_pgr_is_seeded_and_averages_its_orderings():
     model, X, y, A, b = small_problem()
+    att = att_of(X, y, A, b)
     one = [PredictionGap("random", n_random=1, seed=s, gap=3) for s in range(3)]
-    assert one[0](model, X, y, None, b) == one[0](model, X, y, None, b)
-    assert one[0](model, X, y, None, b) != one[1](model, X, y, None, b)
+    assert one[0](model, att) == one[0](model, att)
+    assert one[0](model, att) != one[1](model, att)
     rng = np.random.default_rng(7)
     perms = [rng.permutation(20) for _ in range(3)]
-    with torch.no_grad(): ok = model(X).argmax(1).numpy() == y
-    macro = []
-    for p in perms:
-        ps = pg_samples(model, X[ok], torch.as_tensor(y[ok]), b, torch.as_tensor(p), 3).numpy()
-        macro.append(100 * np.mean([ps[y[ok] == c].mean() for c in np.unique(y[ok])]))
-    assert PredictionGap("random", n_random=3, seed=7, gap=3)(model, X, y, None, b) == pytest.approx(np.mean(macro), abs=1e-10)
+    ok = correct_rows(model, X, y)
+    means = [macro(pg_samples(model, X[ok], torch.as_tensor(y[ok]), b, torch.as_tensor(p), 3).numpy(), y[ok]) for p in perms]
+    assert PredictionGap("random", n_random=3, seed=7, gap=3)(model, att) == pytest.approx(np.mean(means), abs=1e-10)
 
 
 def test_perfect_and_adversarial_orderings_known_answers():
@@ -290,68 +308,174 @@ def test_perfect_and_adversarial_orderings_known_answers():
     X = torch.eye(G)[[0, 1, 2, 3] * 3]
     y = np.array([0, 1, 2, 3] * 3)
     p_own = math.exp(6) / (math.exp(6) + C - 1)
-    perfect = X.numpy() + 1e-3 * np.arange(G)
-    assert PredictionGap("local", gap=2)(lin, X, y, perfect) == pytest.approx(100 * (p_own - 1 / C), rel=1e-6)
-    assert PredictionGap("local", "unimportant", gap=2)(lin, X, y, perfect) == pytest.approx(100 * (p_own - 1 / C) * 2 / G, rel=1e-6)
-    assert PredictionGap("local", gap=2)(lin, X, y, -perfect) == pytest.approx(100 * (p_own - 1 / C) * 2 / G, rel=1e-6)
+    perfect = att_of(X, y, X.numpy() + 1e-3 * np.arange(G))
+    adversarial = att_of(X, y, -(X.numpy() + 1e-3 * np.arange(G)))
+    assert PredictionGap("local", gap=2)(lin, perfect) == pytest.approx(100 * (p_own - 1 / C), rel=1e-6)
+    assert PredictionGap("local", "unimportant", gap=2)(lin, perfect) == pytest.approx(100 * (p_own - 1 / C) * 2 / G, rel=1e-6)
+    assert PredictionGap("local", gap=2)(lin, adversarial) == pytest.approx(100 * (p_own - 1 / C) * 2 / G, rel=1e-6)
     # gap 3: the last G mod 3 = 2 genes are never replaced unless tail="include"
-    assert PredictionGap("local", "unimportant", gap=3)(lin, X, y, perfect) == 0
-    assert PredictionGap("local", "unimportant", gap=3, tail="include")(lin, X, y, perfect) == pytest.approx(
+    assert PredictionGap("local", "unimportant", gap=3)(lin, perfect) == 0
+    assert PredictionGap("local", "unimportant", gap=3, tail="include")(lin, perfect) == pytest.approx(
         100 * (p_own - 1 / C) * 2 / G, rel=1e-6)
 
 
 def test_adjusted_pg_divides_by_one_minus_baseline_probability():
     model, X, y, A, b = small_problem()
-    table = PredictionGap("local", "unimportant", gap=3).evaluate(model, X, y, A, b)
+    att = att_of(X, y, A, b)
+    table = PredictionGap("local", "unimportant", gap=3).evaluate(model, att)
     with torch.no_grad(): p_b = torch.softmax(model(b[None]), -1)[0].numpy()
     np.testing.assert_allclose(table.p_baseline, p_b[table["class"]])
     np.testing.assert_allclose(table.pg_adjusted, table.pg / (1 - table.p_baseline))
-    got = PredictionGap("local", "unimportant", gap=3, adjusted=True)(model, X, y, A, b)
+    got = PredictionGap("local", "unimportant", gap=3, adjusted=True)(model, att)
     assert got == pytest.approx(table.pg_adjusted.mean())
 
 
 def test_studied_classes_and_a_class_without_correct_samples():
+    "The studied classes are the distinct targets of the rows; subsetting the attributions studies fewer."
     model, X, y, A, b = small_problem()
-    with torch.no_grad(): pred = model(X).argmax(1).numpy()
+    att = att_of(X, y, A, b)
+    pred = model(X).argmax(1).detach().numpy()
     c0 = int(np.bincount(y).argmax())
-    only = PredictionGap("local", gap=3).evaluate(model, X, y, A, b, classes=[c0])
+    only = PredictionGap("local", gap=3).evaluate(model, att.subset(y == c0))
     assert only["class"].tolist() == [c0] and only.n_samples.item() == (y == c0).sum()
+    assert only.pg.item() == pytest.approx(PredictionGap("local", gap=3).evaluate(model, att).set_index("class").pg[c0], abs=1e-10)
     y_bad = y.copy()
     y_bad[y_bad == c0] = (pred[y_bad == c0] + 1) % 3  # every sample of class c0 now misclassified
-    studied = sorted(set(y_bad.tolist()))
     with pytest.warns(UserWarning, match="no correctly classified"):
-        value = PredictionGap("local", gap=3)(model, X, y_bad, A, b, classes=studied)
+        value = PredictionGap("local", gap=3)(model, att_of(X, y_bad, A, b))
     assert np.isfinite(value)
 
 
 def test_prediction_gap_bad_input():
     model, X, y, A, b = small_problem()
-    with pytest.raises(ValueError, match="order must be one of"): PredictionGap("best")
-    with pytest.raises(ValueError, match="gap must be a positive integer"): PredictionGap(gap=0)
-    with pytest.raises(ValueError, match="needs attributions"): PredictionGap("local")(model, X, y, None, b)
-    with pytest.raises(ValueError, match="attributions have shape"): PredictionGap()(model, X, y, A[:, :5], b)
-    with pytest.raises(ValueError, match="baseline must have one value per gene"): PredictionGap()(model, X, y, A, b[:3])
-    with pytest.raises(ValueError, match="targets must be in"): PredictionGap()(model, X, y + 10, A, b)
-    with pytest.raises(ValueError, match="targets must be integer"): PredictionGap()(model, X, y.astype(float), A, b)
-    with pytest.raises(ValueError, match="NaN"): PredictionGap()(model, X, y, np.full_like(A, np.nan), b)
-    with pytest.raises(ValueError, match="studied classes"): PredictionGap()(model, X, y, A, b, classes=[7])
-    with pytest.raises(TypeError, match="torch.nn.Module"): PredictionGap()(lambda x: x, X, y, A, b)
+    att = att_of(X, y, A, b)
+    with pytest.raises(ValueError, match="scope must be one of"): PredictionGap("best")
+    with pytest.raises(ValueError, match="first must be one of"): PredictionGap("local", "top")
+    with pytest.raises(ValueError, match="path must be one of"): PredictionGap(path="exact")
+    with pytest.raises(ValueError, match="gap must be an integer >= 1"): PredictionGap(gap=0)
+    with pytest.raises(TypeError, match="must be an `Attributions`"): PredictionGap("local")(model, None)
+    with pytest.raises(ValueError, match="inputs have shape"): att_of(X, y, A[:, :5], b)
+    with pytest.raises(ValueError, match="baseline has shape"): att_of(X, y, A, b[:3])
+    with pytest.raises(ValueError, match="carry no model inputs"): PredictionGap()(model, Attributions(scores=A, targets=y))
+    with pytest.raises(ValueError, match="targets must be in"): PredictionGap()(model, att_of(X, y + 10, A, b))
+    with pytest.raises(ValueError, match="NaN"): PredictionGap()(model, att_of(X, y, np.full_like(A, np.nan), b))
+    with pytest.raises(TypeError, match="torch.nn.Module"): PredictionGap()(lambda x: x, att)
+    with pytest.raises(ValueError, match="targets must be integer"): pg_slow(model, X, y.astype(float), b, torch.arange(20))
     with pytest.raises(ValueError, match="permutation"): pg_slow(model, X, y, b, torch.zeros(20, dtype=torch.long))
     with pytest.raises(ValueError, match="permutation"): pg_slow(model, X, y, b, torch.arange(19))
     with pytest.raises(ValueError, match="integer gene indices"): pg_slow(model, X, y, b, torch.arange(20.))
     with pytest.raises(ValueError, match="gap must be an integer"): pg_points(20, 21)
     with pytest.raises(ValueError, match="no linear first layer"):
-        pg_samples(nn.Sequential(nn.ReLU(), nn.Linear(20, 3)).double(), X, y, b, torch.arange(20), method="exact")
-    W, c, head = linear_parts(model)
+        pg_samples(nn.Sequential(nn.ReLU(), nn.Linear(20, 3)).double(), X, y, b, torch.arange(20), path="fast")
+    with pytest.raises(ValueError, match="no linear first layer"):
+        PredictionGap(path="fast")(nn.Sequential(nn.ReLU(), nn.Linear(20, 3)).double(), att)
+    W, c, head = _linear_parts(model)
     with pytest.raises(ValueError, match="columns but the inputs have"): pg_exact(W[:, :5], c, head, X, y, b, torch.arange(20))
 
 
-def test_attributions_object_with_scores_is_accepted():
-    model, X, y, A, b = small_problem()
+# ---------------------------------------------------------------------------------------------------------------------
+# the evaluation contract: one call shape for every metric
 
-    class Attributions:  # stands in for igtcga.attribution's result object
+def truth_problem(seed=0):
+    "`small_problem` with a made-up ground truth (4 informative genes per class) recorded on its attributions."
+    model, X, y, A, b = small_problem(seed)
+    truth = {c: np.arange(4 * c, 4 * c + 4) for c in range(3)}
+    ok = correct_rows(model, X, y)
+    att = att_of(X, y, A, b, predictions=np.where(ok, y, (y + 1) % 3), truth=truth)
+    return model, att
+
+
+def test_contract_a_list_of_metrics_in_a_loop_equals_the_individual_calls():
+    model, att = truth_problem()
+    metrics = [PredictionGap("local", gap=3), PredictionGap("local", "unimportant", gap=3), PredictionGap("global", gap=3),
+               PredictionGap("global", "unimportant", gap=3), PredictionGap("random", gap=3, n_random=4, seed=5),
+               FeatureAgreement("local"), FeatureAgreement("global", "intersect_rank_scores"),
+               FeatureAgreement("local", diffusion=random_operator(20, 4)), AttributionAUC("roc"), AttributionAUC("pr", "global")]
+    out = evaluate(model, att, metrics)
+    assert list(out) == ["PGI_local", "PGU_local", "PGI_global", "PGU_global", "PGR", "FA_local", "FA_global",
+                         "FA_local_diffused", "AUROC_local", "AUPRC_global"]
+    for m in metrics: assert out[m.name] == m(model, att), m.name
+    # the bundles are such loops too
+    pgs = prediction_gaps(model, att, gap=3, n_random=4, seed=5)
+    assert pgs == {k: out[k] for k in pgs}
+    fas = feature_agreements(model, att, rule="intersect_rank_scores", auc=True)
+    assert {k: fas[k] for k in ("FA_local", "FA_global", "AUROC_local")} == {k: out[k] for k in ("FA_local", "FA_global", "AUROC_local")}
+    # model-free metrics accept None; every metric's evaluate returns the table behind the number
+    assert evaluate(None, att, metrics[5:]) == {k: out[k] for k in list(out)[5:]}
+    for m in metrics: assert isinstance(m.evaluate(model, att), pd.DataFrame)
+    assert list(AttributionAUC().evaluate(None, att).columns) == ["group", "n_samples", "k", "fa"]
+    curves = AccuracyCurves(k_class=[1, 2], k_global=[1, 5], n_random=2)
+    assert curves.name == "curves"
+    pd.testing.assert_frame_equal(evaluate(model, att, [curves])["curves"],
+                                  accuracy_curves(model, att, k_class=[1, 2], k_global=[1, 5], n_random=2))
+
+
+def test_contract_prediction_gap_equals_the_slow_brute_force_by_hand():
+    "PredictionGap(...)(model, att) is the mean over correct rows of each target class of pg_slow, then the macro mean."
+    model, att = truth_problem(1)
+    X = torch.as_tensor(att.inputs, dtype=torch.float64)
+    b = torch.as_tensor(att.baseline, dtype=torch.float64)
+    y = att.targets
+    ok = correct_rows(model, X, y)
+    assert 0 < ok.sum() < len(y)
+    unit = att.scores.astype(np.float64) / np.linalg.norm(att.scores.astype(np.float64), axis=1, keepdims=True)
+    yt = torch.as_tensor(y[ok])
+    cases = {("local", "important"): [torch.as_tensor(np.argsort(-unit[ok], 1))],
+             ("local", "unimportant"): [torch.as_tensor(np.argsort(unit[ok], 1))],
+             ("global", "important"): [torch.as_tensor(np.argsort(-unit.sum(0)))],
+             ("global", "unimportant"): [torch.as_tensor(np.argsort(unit.sum(0)))]}
+    rng = np.random.default_rng(2)
+    cases[("random", "important")] = [torch.as_tensor(rng.permutation(att.n_genes)) for _ in range(3)]
+    for (scope, first), orders in cases.items():
+        per_sample = np.mean([pg_slow(model, X[ok], yt, b, o, gap=4).numpy() for o in orders], axis=0)
+        metric = PredictionGap(scope, first, gap=4, n_random=3, seed=2)
+        assert metric(model, att) == pytest.approx(macro(per_sample, y[ok]), abs=1e-10), metric.name
+    # the correct rows are recomputed with the model: the predictions recorded on `att` do not matter
+    wrong = att_of(att.inputs, y, att.scores, att.baseline, predictions=(y + 1) % 3)
+    assert PredictionGap(gap=4)(model, wrong) == PredictionGap(gap=4)(model, att)
+
+
+def test_contract_saved_without_inputs_and_reattached_gives_identical_metrics(tmp_path):
+    from igtcga.data import ExprData
+    G, C = 12, 3
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(C), 10)
+    X = (rng.normal(size=(30, G)) + 2 * np.eye(C, G)[y]).astype(np.float32)
+    d = ExprData(X, y, ["a", "b", "c"], [f"g{i}" for i in range(G)], truth={c: [3 * c, 3 * c + 1, 3 * c + 2] for c in range(C)})
+    model = mlp_like(G, C, seed=2).float()
+    with torch.no_grad(): model[-1].bias -= model(torch.as_tensor(X)).mean(0)
+    att = explain(model, d, n_steps=32, tol=None, quiet=True)
+    metrics = [PredictionGap(gap=2), PredictionGap("global", "unimportant", gap=2), PredictionGap("random", gap=2, n_random=3),
+               FeatureAgreement(), FeatureAgreement("global"), AttributionAUC()]
+    want = evaluate(model, att, metrics)
+    bare = Attributions.load(att.save(tmp_path / "att.npz", inputs=False))
+    assert bare.inputs is None and bare.truth is not None
+    with pytest.raises(ValueError, match="carry no model inputs"): PredictionGap()(model, bare)
+    assert evaluate(None, bare, metrics[3:]) == {k: want[k] for k in ("FA_local", "FA_global", "AUROC_local")}  # FA needs no inputs
+    again = bare.with_inputs(X)
+    assert evaluate(model, again, metrics) == want
+    pd.testing.assert_frame_equal(accuracy_curves(model, again, k_class=[1], k_global=[1, 4], n_random=2),
+                                  accuracy_curves(model, att, k_class=[1], k_global=[1, 4], n_random=2))
+    full = Attributions.load(att.save(tmp_path / "full.npz"))
+    assert evaluate(model, full, metrics) == want
+
+
+def test_contract_raw_arrays_are_refused_with_how_to_build_attributions():
+    model, X, y, A, b = small_problem()
+    how = r"Attributions\(scores=A, targets=y, labels=y, inputs=X, baseline=b\)"
+    for call in (lambda: PredictionGap()(model, A), lambda: PredictionGap().evaluate(model, A),
+                 lambda: prediction_gaps(model, A), lambda: FeatureAgreement()(None, A), lambda: AttributionAUC()(None, A),
+                 lambda: feature_agreements(None, A), lambda: accuracy_curves(model, A),
+                 lambda: parameter_randomisation_test(model, A), lambda: evaluate(model, A, [PredictionGap()])):
+        with pytest.raises(TypeError, match=how): call()
+
+    class Scores:  # an object that only looks like attributions is refused too
         scores = A
-    assert PredictionGap(gap=3)(model, X, y, Attributions(), b) == PredictionGap(gap=3)(model, X, y, A, b)
+    with pytest.raises(TypeError, match="got Scores"): PredictionGap(gap=3)(model, Scores())
+    no_truth = att_of(X, y, A, b)
+    for metric in (FeatureAgreement(), FeatureAgreement("global"), AttributionAUC()):
+        with pytest.raises(ValueError, match="no ground truth"): metric(model, no_truth)
+    with pytest.raises(ValueError, match="no ground truth"): feature_agreements(None, no_truth)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -378,7 +502,13 @@ def fa_case(seed=0, n_per=30, G=40, k=5):
     groups = np.repeat(np.arange(3), n_per)
     member = np.zeros((len(groups), G))
     for i, g in enumerate(groups): member[i, truth[g]] = 1
-    return truth, groups, member, rng.random((len(groups), G))
+    return truth, groups, member, rng.random((len(groups), G)).astype(np.float32).astype(np.float64)
+
+
+def fa_att(A, groups, truth, correct=None):
+    "Attributions of rows of `groups` with ground truth `truth`; `correct` becomes the recorded predictions."
+    pred = groups if correct is None else np.where(correct, groups, (groups + 1) % 3)
+    return Attributions(scores=A, targets=groups, labels=groups, predictions=pred, truth=truth)
 
 
 def naive_local_fa(A, groups, informative, correct):
@@ -394,13 +524,19 @@ def naive_local_fa(A, groups, informative, correct):
 def test_fa_known_answers_and_independent_cross_check():
     truth, groups, member, noise = fa_case()
     for scope in ("local", "global"):
-        assert FeatureAgreement(scope)(member + 0.1 * noise, groups, truth) == 100
-        assert FeatureAgreement(scope)(-member + 0.1 * noise, groups, truth) == 0
-    mixed = member * np.random.default_rng(1).random(member.shape) + noise
+        assert FeatureAgreement(scope)(None, fa_att(member + 0.1 * noise, groups, truth)) == 100
+        assert FeatureAgreement(scope)(None, fa_att(-member + 0.1 * noise, groups, truth)) == 0
+    mixed = (member * np.random.default_rng(1).random(member.shape) + noise).astype(np.float32)
     correct = np.random.default_rng(2).random(len(groups)) > 0.3
-    assert FeatureAgreement("local")(mixed, groups, truth, correct) == pytest.approx(naive_local_fa(mixed, groups, truth, correct))
+    att = fa_att(mixed, groups, truth, correct)
+    assert np.array_equal(att.correct, correct)
+    assert FeatureAgreement("local")(None, att) == pytest.approx(naive_local_fa(mixed.astype(np.float64), groups, truth, correct))
+    # the array form gives the same table as the Attributions form
+    for metric in (FeatureAgreement("local"), FeatureAgreement("global", "intersect_rank_scores"), AttributionAUC("pr")):
+        pd.testing.assert_frame_equal(metric.evaluate_arrays(mixed, groups, truth, correct), metric.evaluate(None, att))
     many = np.random.default_rng(3).random((3000, 40))
-    assert FeatureAgreement("local")(many, np.repeat(np.arange(3), 1000), truth) == pytest.approx(100 * 5 / 40, abs=1.0)
+    g_many = np.repeat(np.arange(3), 1000)
+    assert FeatureAgreement("local")(None, fa_att(many, g_many, truth)) == pytest.approx(100 * 5 / 40, abs=1.0)
 
 
 def test_global_fa_rules_on_a_hand_built_case():
@@ -409,10 +545,12 @@ def test_global_fa_rules_on_a_hand_built_case():
     A = np.array([[1., .9, 0., 0.], [1., .9, 0., 0.], [0., 0., 10., 0.]])
     A = A + np.array([0, 0, 0, -1e-3])  # gene 3 below the zeros of the third sample
     g, truth = np.zeros(3, int), {0: np.array([0, 1])}
-    assert FeatureAgreement("global", normalize=False)(A, g, truth) == 50
-    assert FeatureAgreement("global", "intersect_rank_scores", normalize=False)(A, g, truth) == 100
+    att = Attributions(scores=A, targets=g, labels=g, truth=truth)
+    assert FeatureAgreement("global", normalize=False)(None, att) == 50
+    assert FeatureAgreement("global", "intersect_rank_scores", normalize=False)(None, att) == 100
     # normalisation changes rank_mean_scores: every sample then weighs the same
-    assert FeatureAgreement("global")(A, g, truth) == 100
+    assert FeatureAgreement("global")(None, att) == 100
+    assert FeatureAgreement("global").evaluate_arrays(A, g, truth).fa.item() == 100
 
 
 def test_informative_genes_rules_and_exprdata():
@@ -446,14 +584,24 @@ def test_feature_agreements_on_exprdata_studies_subclasses_of_the_studied_class(
     perfect = np.zeros((60, 12))
     for i, s in enumerate(sub): perfect[i, inf[s]] = 1
     perfect += 0.01 * rng.random((60, 12))
-    out = feature_agreements(perfect, d, classes=[0], diffusion=np.eye(12), auc=True)
+    # what `explain` records for this dataset: each row's subclass as its group, the informative sets as the truth
+    lin = nn.Linear(12, 2).double()
+    recorded = explain(lin, d, method="saliency", quiet=True)
+    assert np.array_equal(recorded.groups, sub) and {k: v.tolist() for k, v in recorded.truth.items()} == {k: v.tolist() for k, v in inf.items()}
+    att = Attributions(scores=perfect, targets=d.y, labels=d.y, groups=recorded.groups, truth=recorded.truth)
+    assert np.array_equal(att.ground_truth()[0], sub)
+    studied = att.subset(d.y == 0)  # the tumour-like class 0 and its subclasses 0 and 1
+    out = feature_agreements(None, studied, diffusion=np.eye(12), auc=True)
     assert out["FA_local"] == out["FA_global"] == out["FA_local_diffused"] == 100
     assert out["AUROC_local"] == out["AUPRC_global"] == 100
+    assert FeatureAgreement().evaluate(None, studied).group.tolist() == [0, 1]
     # only subclasses 0 and 1 are studied: a wrong attribution for subclass 2 does not matter
     wrong = perfect.copy(); wrong[sub == 2] = -wrong[sub == 2]
-    assert feature_agreements(wrong, d, classes=[0])["FA_local"] == 100
-    assert feature_agreements(wrong, d)["FA_local"] < 100
-    with pytest.raises(ValueError, match="attributions have shape"): feature_agreements(perfect[:, :5], d)
+    wrong_att = Attributions(scores=wrong, targets=d.y, labels=d.y, groups=sub, truth=inf)
+    assert feature_agreements(None, wrong_att.subset(d.y == 0))["FA_local"] == 100
+    assert feature_agreements(None, wrong_att)["FA_local"] < 100
+    with pytest.raises(ValueError, match="strict subset of the 5 genes"):  # scores with fewer genes than the truth knows
+        feature_agreements(None, Attributions(scores=perfect[:, :5], targets=d.y, labels=d.y, groups=sub, truth=inf))
 
 
 def test_auc_against_sklearn_with_ties():
@@ -461,25 +609,36 @@ def test_auc_against_sklearn_with_ties():
     truth, groups, member, noise = fa_case(n_per=4)
     A = np.round(member * noise + noise, 1)  # heavy ties
     for curve, ref in (("roc", roc_auc_score), ("pr", average_precision_score)):
-        t = AttributionAUC(curve, normalize=False).evaluate(A, groups, truth)
+        t = AttributionAUC(curve, normalize=False).evaluate_arrays(A, groups, truth)
         want = [np.mean([ref(member[i].astype(bool), A[i]) for i in np.flatnonzero(groups == g)]) for g in range(3)]
-        np.testing.assert_allclose(t.auc, 100 * np.array(want), atol=1e-10)
-        tg = AttributionAUC(curve, "global", normalize=False).evaluate(A, groups, truth)
+        np.testing.assert_allclose(t.fa, 100 * np.array(want), atol=1e-10)
+        tg = AttributionAUC(curve, "global", normalize=False).evaluate_arrays(A, groups, truth)
         want = [ref(member[groups == g][0].astype(bool), A[groups == g].sum(0)) for g in range(3)]
-        np.testing.assert_allclose(tg.auc, 100 * np.array(want), atol=1e-10)
-    assert AttributionAUC()(member + 0.1 * noise, groups, truth) == 100
-    assert AttributionAUC()(-member + 0.1 * noise, groups, truth) == 0
+        np.testing.assert_allclose(tg.fa, 100 * np.array(want), atol=1e-10)
+    assert AttributionAUC()(None, fa_att(member + 0.1 * noise, groups, truth)) == 100
+    assert AttributionAUC()(None, fa_att(-member + 0.1 * noise, groups, truth)) == 0
 
 
 def test_fa_bad_input():
     truth, groups, member, noise = fa_case()
+    fa = FeatureAgreement()
     with pytest.raises(ValueError, match="scope must be one of"): FeatureAgreement("sample")
     with pytest.raises(ValueError, match="rule must be one of"): FeatureAgreement("global", "vote")
-    with pytest.raises(ValueError, match="groups has"): FeatureAgreement()(noise, groups[:5], truth)
-    with pytest.raises(ValueError, match="correct must be a boolean mask"): FeatureAgreement()(noise, groups, truth, correct=np.ones(3))
-    with pytest.raises(KeyError, match="no informative genes"): FeatureAgreement()(noise, groups, {0: [1]}, studied=[0, 1])
-    with pytest.raises(ValueError, match="non-empty strict subset"): FeatureAgreement()(noise, groups, {0: [], 1: [1], 2: [2]})
-    with pytest.raises(ValueError, match="2-D"): FeatureAgreement()(noise[0], groups, truth)
+    with pytest.raises(ValueError, match="curve must be one of"): AttributionAUC("det")
+    with pytest.raises(ValueError, match="groups has"): fa.evaluate_arrays(noise, groups[:5], truth)
+    with pytest.raises(ValueError, match="groups has"): Attributions(scores=noise, targets=groups, groups=groups[:5], truth=truth)
+    with pytest.raises(ValueError, match="correct must be a boolean mask"): fa.evaluate_arrays(noise, groups, truth, correct=np.ones(3))
+    with pytest.raises(KeyError, match="no informative genes"): fa.evaluate_arrays(noise, groups, {0: [1]}, studied=[0, 1])
+    with pytest.raises(ValueError, match="non-empty strict subset"): fa(None, fa_att(noise, groups, {0: [], 1: [1], 2: [2]}))
+    with pytest.raises(ValueError, match="non-empty strict subset"): fa.evaluate_arrays(noise, groups, {0: [], 1: [1], 2: [2]})
+    with pytest.raises(ValueError, match="2-D"): fa.evaluate_arrays(noise[0], groups, truth)
+    with pytest.raises(ValueError, match="2-D"): fa_att(noise[0], groups, truth)
+    unlabelled = Attributions(scores=noise, targets=groups, truth=truth)  # no labels and no groups: no group per row
+    with pytest.raises(ValueError, match="labels are unknown"): fa(None, unlabelled)
+    # groups absent from the truth are skipped; a group without correct rows is left out with a warning
+    assert fa(None, fa_att(member + 0.1 * noise, groups, {0: truth[0]})) == 100
+    with pytest.warns(UserWarning, match="no correct sample"):
+        assert fa(None, fa_att(member + 0.1 * noise, groups, truth, correct=groups != 1)) == 100
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -497,7 +656,7 @@ def one_gene_per_class(G=8, C=4):
 
 def test_curves_known_answers():
     lin, X, y, perfect = one_gene_per_class()
-    t = accuracy_curves(lin, X, y, perfect, k_class=[1, 2], k_global=[1, 2, 4, 8], n_random=400, seed=0)
+    t = accuracy_curves(lin, att_of(X, y, perfect), k_class=[1, 2], k_global=[1, 2, 4, 8], n_random=400, seed=0)
     at = lambda c, k: t.query("curve == @c and k == @k")
     assert at("top per class", 1).balanced_accuracy.item() == 100 and at("top per class", 1).n_kept.item() == 4
     assert at("bottom per class", 1).n_kept.item() == 4 and at("bottom per class", 1).balanced_accuracy.item() == 25
@@ -513,8 +672,8 @@ def test_curves_known_answers():
     assert set(t.query("curve == 'random outside top'").k) == {1, 2}
     assert (t.query("curve == 'random outside top'").balanced_accuracy == 25).all()
     # attributions on the own gene only: ties rank genes 0..3 first for every class, the union of the top 4 is {0..3},
-    # and k = 4 = G/2 is the last valid point, which the reference dropped (spec §12, B14)
-    t2 = accuracy_curves(lin, X, y, X.numpy(), curves=["random outside top"], k_global=[1, 2, 4, 5], n_random=5)
+    # and k = 4 = G/2 is the last valid point, which the reference dropped (protocol §12, B14)
+    t2 = accuracy_curves(lin, att_of(X, y, X.numpy()), curves=["random outside top"], k_global=[1, 2, 4, 5], n_random=5)
     assert set(t2.k) == {1, 2, 4} and (t2.balanced_accuracy == 25).all()
     assert set(t.columns) == {"curve", "k", "n_kept", "draw", "balanced_accuracy", "accuracy"}
 
@@ -522,10 +681,14 @@ def test_curves_known_answers():
 def test_curves_use_only_correct_samples_and_masks_are_right():
     lin, X, y, perfect = one_gene_per_class()
     y_wrong = y.copy(); y_wrong[:2] = (y[:2] + 1) % 4
-    t = accuracy_curves(lin, X, y_wrong, perfect, curves=["top overall"], k_global=[8])
+    att = att_of(X, y_wrong, perfect)
+    t = accuracy_curves(lin, att, curves=["top overall"], k_global=[8])
     assert t.balanced_accuracy.item() == 100  # all genes kept: every correctly classified sample stays correct
-    t2 = accuracy_curves(lin, X, y_wrong, perfect, curves=["top overall"], k_global=[8], only_correct=False)
+    t2 = accuracy_curves(lin, att, curves=["top overall"], k_global=[8], only_correct=False)
     assert t2.accuracy.item() == pytest.approx(100 * 18 / 20)
+    # an explicit zero baseline is the same as none (the replacement value defaults to zero)
+    b = np.zeros(8, np.float32)
+    pd.testing.assert_frame_equal(accuracy_curves(lin, att_of(X, y_wrong, perfect, b), curves=["top overall"], k_global=[8]), t)
 
 
 def test_gene_grid_scores_and_ranks():
@@ -545,9 +708,14 @@ def test_gene_grid_scores_and_ranks():
 
 def test_curves_bad_input_and_figure():
     lin, X, y, perfect = one_gene_per_class()
-    with pytest.raises(ValueError, match="unknown curve"): accuracy_curves(lin, X, y, perfect, curves=["best"])
-    with pytest.raises(ValueError, match="k_global must be"): accuracy_curves(lin, X, y, perfect, k_global=[0, 2])
-    t = accuracy_curves(lin, X, y, perfect, k_class=[1], k_global=[1, 2], n_random=3)
+    att = att_of(X, y, perfect)
+    with pytest.raises(ValueError, match="unknown curve"): accuracy_curves(lin, att, curves=["best"])
+    with pytest.raises(ValueError, match="unknown curve"): AccuracyCurves(curves=["best"])(lin, att)
+    with pytest.raises(ValueError, match="k_global must be"): accuracy_curves(lin, att, k_global=[0, 2])
+    with pytest.raises(ValueError, match="no correctly classified sample"):
+        accuracy_curves(lin, att_of(X, (y + 1) % 4, perfect))
+    t = accuracy_curves(lin, att, k_class=[1], k_global=[1, 2], n_random=3)
+    pd.testing.assert_frame_equal(AccuracyCurves(k_class=[1], k_global=[1, 2], n_random=3)(lin, att), t)
     import matplotlib
     matplotlib.use("Agg")
     fig = plot_curves(t)
@@ -624,17 +792,39 @@ def test_parameter_randomisation_cascade_and_independent():
     model = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     X = torch.randn(100, 30)
     y = model(X).argmax(1).numpy()
-    t = parameter_randomisation_test(model, X, y, gradient, ks=(5,))
+    att = att_of(X, y, gradient(model, X, y))
+    t = parameter_randomisation_test(model, att, gradient, ks=(5,))
     assert t.layer.tolist() == ["2", "2 + 0"]
     assert abs(t.spearman.iloc[-1]) < 0.2 and t.spearman.iloc[0] > t.spearman.iloc[-1]  # fully randomised: unrelated
-    t_ind = parameter_randomisation_test(model, X, y, gradient, cascade=False, ks=(5,))
+    t_ind = parameter_randomisation_test(model, att, gradient, cascade=False, ks=(5,))
     assert t_ind.layer.tolist() == ["2", "0"]
-    blind = parameter_randomisation_test(model, X, y, lambda m, X, y: X.numpy(), ks=(5,))
+    blind = parameter_randomisation_test(model, att_of(X, y, X.numpy()), lambda m, X, y: np.asarray(X), ks=(5,))
     assert (blind.spearman == 1).all()
     w = model[0].weight.clone()
-    parameter_randomisation_test(model, X, y, gradient)
+    parameter_randomisation_test(model, att, gradient)
     assert torch.equal(model[0].weight, w)  # the original model is untouched
-    assert parameter_randomisation_test(model, X, y, gradient, seed=3).equals(parameter_randomisation_test(model, X, y, gradient, seed=3))
+    assert parameter_randomisation_test(model, att, gradient, seed=3).equals(parameter_randomisation_test(model, att, gradient, seed=3))
+
+
+def test_sanity_checks_default_explainer_reruns_the_method_and_settings_of_att():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    X = torch.randn(40, 30)
+    y = model(X).argmax(1).numpy()
+    att = explain(model, X.numpy(), labels=y, baseline=np.full(30, 0.5), n_steps=24, tol=None, quiet=True)
+    assert att.method == "integrated_gradients" and att.settings["n_steps"] == 24
+    ig = lambda m, inputs, targets: integrated_gradients(m, inputs, targets, np.full(30, 0.5), n_steps=24, quiet=True)
+    pd.testing.assert_frame_equal(parameter_randomisation_test(model, att, ks=(5,)), parameter_randomisation_test(model, att, ig, ks=(5,)))
+    sal = explain(model, X.numpy(), labels=y, method="saliency", output="logit", quiet=True)
+    by_hand = lambda m, inputs, targets: attribute(m, inputs, targets, 0.0, output="logit", method="saliency", quiet=True)
+    pd.testing.assert_frame_equal(parameter_randomisation_test(model, sal, ks=(5,)), parameter_randomisation_test(model, sal, by_hand, ks=(5,)))
+    assert parameter_randomisation_test(model, sal).spearman.iloc[0] < 0.5  # output layer re-drawn: the gradients change
+
+    def train_fn(inputs, lab, seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    pd.testing.assert_frame_equal(label_permutation_test(None, sal, train_fn, X, y, seed=2),
+                                  label_permutation_test(model, sal, train_fn, X, y, by_hand, seed=2))
 
 
 def test_label_permutation_calls_train_fn_with_permuted_labels():
@@ -647,7 +837,8 @@ def test_label_permutation_calls_train_fn_with_permuted_labels():
         seen.update(labels=lab, seed=seed)
         torch.manual_seed(seed)
         return nn.Linear(10, 3)
-    t = label_permutation_test(train_fn, X, labels, X, labels, np.random.default_rng(0).random((60, 10)), gradient, seed=4)
+    att = att_of(X, labels, np.random.default_rng(0).random((60, 10)))
+    t = label_permutation_test(None, att, train_fn, X, labels, gradient, seed=4)
     assert sorted(seen["labels"].tolist()) == sorted(labels.tolist()) and not np.array_equal(seen["labels"], labels)
     assert seen["seed"] == 4
     assert {"check", "balanced_accuracy", "spearman", "spearman_abs", "top10_overlap"} <= set(t.columns)
@@ -657,7 +848,7 @@ def test_feature_order_kinds():
     s = np.array([[0.3, -1., 2., 0.]])
     assert feature_order(s).tolist() == [[2, 0, 3, 1]]
     assert feature_order(s, "unimportant").tolist() == [[1, 3, 0, 2]]
-    with pytest.raises(ValueError, match="kind must be one of"): feature_order(s, "top")
+    with pytest.raises(ValueError, match="first must be one of"): feature_order(s, "top")
 
 
 def test_informative_genes_of_a_simulated_dataset_with_subclasses():
@@ -667,6 +858,6 @@ def test_informative_genes_of_a_simulated_dataset_with_subclasses():
     d = simulation.simulate(params, seed=0)
     inf = informative_genes(d)
     assert d.subclass is not None and sorted(inf) == [0, 1, 2]
-    for s in (0, 1):  # own 40 genes plus the 40 genes of class 1 (subclass 2), spec §3.5
+    for s in (0, 1):  # own 40 genes plus the 40 genes of class 1 (subclass 2), protocol §3.5
         assert inf[s].tolist() == sorted(set(d.truth[s].tolist()) | set(d.truth[2].tolist())) and len(inf[s]) == 80
     assert len(inf[2]) == 120  # subclass 2 (class 1) with both subclasses of class 0

@@ -1,4 +1,4 @@
-"""Models: architectures per spec §5.1, the diffusion models against a dense X·Â reference, the first-layer interface
+"""Models: architectures per protocol §5.1, the diffusion models against a dense X·Â reference, the first-layer interface
 used by the attribution code, autograd through the sparse product, device and dtype moves."""
 import numpy as np
 import pytest
@@ -27,7 +27,7 @@ def dense_forward(model, x, A):
     return torch.relu(u) @ model.fc2.weight.T + model.fc2.bias
 
 
-def test_architectures_match_the_spec():
+def test_architectures_match_the_protocol():
     lr, mlp = LR(100, 7), MLP(100, 7)
     assert [type(m) for m in lr.children()] == [nn.Dropout, nn.Linear]
     assert lr.dropout.p == 0.2 and (lr.fc.in_features, lr.fc.out_features) == (100, 7)
@@ -130,11 +130,11 @@ def test_reset_parameters_follows_the_seed():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="n_genes must be a positive integer"):
+    with pytest.raises(ValueError, match="n_genes must be an integer >= 1, got 0"):
         LR(0, 3)
     with pytest.raises(ValueError, match="n_classes must be at least 2"):
         MLP(10, 1)
-    with pytest.raises(ValueError, match="n_hidden must be a positive integer"):
+    with pytest.raises(ValueError, match="n_hidden must be an integer >= 1, got 0"):
         MLP(10, 3, n_hidden=0)
     with pytest.raises(ValueError, match="must be square"):
         DiffuseLR(np.ones((3, 4)), 2)

@@ -228,7 +228,7 @@ def test_structure_statistics():
 
 
 def test_validity_rule_redraws_only_failing_pathways():
-    "spec §3.3 / B1: failing over-expressed pathways are redrawn until they pass; other pathways keep their first draw."
+    "protocol §3.3 / B1: failing over-expressed pathways are redrawn until they pass; other pathways keep their first draw."
     base = SimParams("v", n_generated=2, n_genes=60, n_pathways=12, genes_per_pathway=5, n_overexpressed=3, n_samples=4)
     for structure_kind in ("block", "random"):
         strict = dataclasses.replace(base, structure=structure_kind, min_prop=0.15)
@@ -249,7 +249,7 @@ def test_truth_is_the_union_of_overexpressed_supports():
         for p in range(37 * c, 37 * c + 37): genes |= set(s.beta.indices[s.beta.indptr[p]:s.beta.indptr[p + 1]].tolist())
         assert s.truth()[c].tolist() == sorted(genes)
     sizes = [len(v) for v in s.truth().values()]
-    assert abs(np.mean(sizes) - 366) < 5 * 19 / np.sqrt(33)  # 37 supports of ~10 genes, a few shared (spec §3.2)
+    assert abs(np.mean(sizes) - 366) < 5 * 19 / np.sqrt(33)  # 37 supports of ~10 genes, a few shared (protocol §3.2)
 
 
 # ---------------------------------------------------------------- presets at paper size
@@ -266,7 +266,7 @@ def test_presets_at_paper_size(name):
     assert np.all(np.diff(generated) >= 0)  # ordered by generated class
     if name in ("SimuB", "SimuC"):
         assert data.classes == ["C0", "C1"] and len(data.subclasses) == n_gen
-        assert np.array_equal(data.y, (data.subclass == n_gen - 1).astype(int))  # spec §3.2: last subclass -> class 1
+        assert np.array_equal(data.y, (data.subclass == n_gen - 1).astype(int))  # protocol §3.2: last subclass -> class 1
         assert data.class_counts() == {"C0": per_gen * (n_gen - 1), "C1": per_gen}
     else:
         assert data.subclass is None and len(data.classes) == n_gen
@@ -298,9 +298,9 @@ def test_presets_at_paper_size(name):
     (dict(structure="overlapping"), "structure must be 'block'"),
     (dict(structure="random", genes_per_pathway=15000), "genes_per_pathway < n_genes"),
     (dict(min_prop=0.1), r"use min_prop < 0.1"),
-    (dict(n_generated=1, n_samples=10), r"n_generated must be an integer in \[2"),
-    (dict(n_samples=20), r"n_samples must be an integer in \[33"),
-    (dict(n_reads=2**31), "n_reads must be an integer"),
+    (dict(n_generated=1, n_samples=10), "n_generated must be an integer >= 2, got 1"),
+    (dict(n_samples=20), "n_samples must be an integer >= 33, got 20"),
+    (dict(n_reads=2**31), r"n_reads must be an integer in \[1, 2147483647\], got 2147483648"),
     (dict(n_reads=1.5e6), "n_reads must be an integer"),
     (dict(proportions=(1, 2)), "proportions has 2 entries for 33 generated classes"),
     (dict(n_generated=3, n_pathways=1500, regroup=(0, 1)), "regroup has 2 entries for 3"),
@@ -314,7 +314,7 @@ def test_simparams_errors(kwargs, message):
 def test_simulate_errors_and_sizes():
     with pytest.raises(KeyError, match="unknown preset 'SIMU9'"): simulate("SIMU9")
     with pytest.raises(TypeError, match="preset name or a SimParams"): simulate(3)
-    with pytest.raises(ValueError, match=r"n_samples must be an integer in \[2"): simulate("SimuA", n_samples=1)
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 2, got 1"): simulate("SimuA", n_samples=1)
     with pytest.raises(ValueError, match="seed must be"): simulate("SimuA", n_samples=4, seed=-1)
     p = SimParams("p", n_generated=3, n_genes=30, n_pathways=6, genes_per_pathway=5, n_overexpressed=2, n_samples=9,
                   proportions=(1, 1, 2))

@@ -87,3 +87,8 @@ def test_offline_docs_site(tmp_path):
     assert 'class="igtcga-sidebar"' in core and all(f'href="{p.name}"' in core for p in pages)
     assert "<h2" in core and "set_seed" in core and "highlight" in core  # prose, show_doc, highlighted code
     assert "https://igtcga.github.io" not in core  # links made relative for offline reading
+    assert core.index('href="index.html" class') < core.index('href="protocol.html" class') < core.index('href="core.html" class')
+    protocol = (site/"protocol.html").read_text(encoding="utf-8")
+    assert "<math" in protocol and 'id="s3-5"' in protocol and 'id="b7"' in protocol  # formulas as MathML, anchors
+    external = [p.name for p in pages if re.search(r"""<(script|link)\b[^>]*(src|href)=["']?https?:""", p.read_text(encoding="utf-8"))]
+    assert not external, f"pages that load scripts or styles from the network: {external}"

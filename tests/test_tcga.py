@@ -1,5 +1,5 @@
 """igtcga.tcga: the full parsing path on fixtures in the real formats (cross-checked against the original's pandas
-algorithm, spec §2.2/§2.3), integrity checks, and the download path against a local HTTP server: truncated files are
+algorithm, protocol §2.2/§2.3), integrity checks, and the download path against a local HTTP server: truncated files are
 detected and fetched again, interrupted transfers resume, recorded and published hashes are enforced."""
 import gzip, hashlib, http.server, json, os, shutil, sys, threading
 from pathlib import Path
@@ -18,7 +18,7 @@ CDR = FIX / "TCGA-CDR-SupplementalTableS1.xlsx"
 
 # ------------------------------------------------------------------------------------------------ the original algorithm
 def original_pancan(expression, phenotype_df):
-    "dataset.py of the original (spec §2.2), on the fixture, in pandas."
+    "dataset.py of the original (protocol §2.2), on the fixture, in pandas."
     df = pd.read_csv(expression, sep="\t", index_col="gene_id").transpose()
     df = df.drop(labels=[c for c in df.columns if c[:2] == "__"], axis=1)
     df = df[df.columns[df.max() > 0]]
@@ -95,7 +95,7 @@ def test_gdc_fixtures_match_the_original_algorithm(project, counts):
     np.testing.assert_allclose(d.X, ref.to_numpy(), rtol=1e-6)
     assert [d.classes[i] for i in d.y] == y
     assert d.class_counts() == counts
-    # spec §12 B17: alphabetical classes, the normal class (1) is the reference / baseline class
+    # protocol §12 B17: alphabetical classes, the normal class (1) is the reference / baseline class
     assert d.classes == ["Primary Tumor", "Solid Tissue Normal"]
     assert d.meta["reference_class"] == "Solid Tissue Normal" and d.meta["studied_classes"] == ["Primary Tumor"]
     assert "ENSG00000000938.11" not in d.genes and "ENSG00000001036.12" in d.genes

@@ -54,7 +54,7 @@ def state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-# --- accuracy (spec §10.1) ---------------------------------------------------------------------------------------
+# --- accuracy (protocol §10.1) ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make", [LR, MLP], ids=["LR", "MLP"])
 def test_paper_accuracy_on_small_simulation(simu, make):
