@@ -6,7 +6,7 @@ Docs: https://igtcga.github.io/igtcga/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #eed9f78c
 from __future__ import annotations
-import csv, gzip, logging
+import csv, gzip, hashlib, json, logging, os, stat, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +16,10 @@ import pandas as pd
 from .core import atomic_path, check_finite
 
 # %% auto #0
-__all__ = ['DATASETS', 'ExprData', 'read_expression', 'Split', 'paper_split', 'stratified_split', 'Transform', 'Identity',
-           'Log2p', 'UndoLog2', 'CPM', 'Center', 'Standardize', 'Pipeline', 'DatasetInfo', 'dataset_info',
-           'informative_genes', 'transform_for', 'sparse_samples', 'low_count_genes']
+__all__ = ['DATASETS', 'TRANSFORM_CHOICES', 'ExprData', 'read_expression', 'describe_reading', 'Split', 'paper_split',
+           'stratified_split', 'Transform', 'Identity', 'Log2p', 'UndoLog2', 'CPM', 'Center', 'Standardize', 'Pipeline',
+           'DatasetInfo', 'dataset_info', 'informative_genes', 'transform_for', 'choose_transform', 'sparse_samples',
+           'low_count_genes']
 
 # %% ../nbs/02_data.ipynb #bca39274
 _logger = logging.getLogger("igtcga")
@@ -119,6 +120,67 @@ class ExprData:
         gt = "with ground truth" if self.truth is not None else "no ground truth"
         return f"ExprData({self.n_samples} samples × {self.n_genes} genes, {self.n_classes} classes, {gt})"
 
+# %% ../nbs/02_data.ipynb #10d09b12
+def _fingerprint(self:ExprData)->str:
+    "SHA-1 hex digest of the content: matrix, labels, names, subclasses and ground truth (`meta` is not part of it)."
+    h = hashlib.sha1()
+    def add(tag:str, buf):  # each part is tagged and length-prefixed, so no two different contents share a byte stream
+        view = memoryview(buf if isinstance(buf, bytes) else np.ascontiguousarray(buf))
+        h.update(f"{tag}:{view.nbytes}:".encode()); h.update(view)
+    add("shape", np.asarray(self.X.shape, dtype=np.int64))
+    add("X", np.ascontiguousarray(self.X, dtype=np.float32))
+    add("y", self.y.astype(np.int64, copy=False))
+    for tag, names in (("classes", self.classes), ("genes", self.genes), ("samples", self.samples), ("subclasses", self.subclasses)):
+        add(tag, json.dumps(names, ensure_ascii=False).encode())
+    if self.subclass is not None: add("subclass", self.subclass.astype(np.int64, copy=False))
+    if self.truth is not None:
+        for k in sorted(self.truth): add(f"truth{k}", np.asarray(self.truth[k], dtype=np.int64))
+    return h.hexdigest()
+
+ExprData.fingerprint = _fingerprint
+
+# %% ../nbs/02_data.ipynb #fa011b91
+def _readable(path:Path)->bool:
+    "Whether this process may read `path` (a function of its own so that a test can stand in for a permission error)."
+    return os.access(path, os.R_OK)
+
+# %% ../nbs/02_data.ipynb #07b51a76
+def _check_file(path, what:str)->Path:
+    "`path` as a `Path` if it is a regular, readable, non-empty file; else a one-line error naming it, the problem and the fix."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"no such {what}: {path}")
+    if path.is_dir(): raise IsADirectoryError(f"{path}: the {what} is a folder, not a file; give the path of the file inside it")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError(f"{path}: the {what} is not a regular file (a named pipe, socket or device, which would block the "
+                         "reader); copy its content to a regular file and give that")
+    if not _readable(path):
+        raise PermissionError(f"{path}: the {what} cannot be read (permission denied); make it readable (chmod u+r) or copy it")
+    if path.stat().st_size == 0: raise ValueError(f"{path}: the {what} is empty (0 bytes); was it written completely?")
+    return path
+
+# %% ../nbs/02_data.ipynb #e576b9f7
+def _first_line(e:BaseException)->str:
+    "The first line of an exception's message (at most 200 characters), for one-line errors."
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+# %% ../nbs/02_data.ipynb #bf2b0fcc
+def _load_anndata(path:Path, what:str=".h5ad file"):
+    "`anndata.read_h5ad(path)` after checking that `path` is a complete HDF5 file with AnnData's groups."
+    import anndata, h5py
+    path = _check_file(path, what)
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path}: the {what} is not an HDF5 file, as an .h5ad must be; write it with anndata's write_h5ad "
+                         "(or scanpy), or save the matrix as CSV/TSV")
+    try:
+        with h5py.File(path, "r") as f: missing = [k for k in ("obs", "var") if k not in f]
+    except OSError as e:
+        raise ValueError(f"{path}: the {what} is truncated or damaged ({_first_line(e)}); copy or write it again") from e
+    if missing: raise ValueError(f"{path}: an HDF5 file without AnnData's {missing} group(s); write it with anndata's write_h5ad")
+    try: return anndata.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: anndata cannot read the {what} ({type(e).__name__}: {_first_line(e)}); "
+                         "write it again with anndata's write_h5ad") from e
+
 # %% ../nbs/02_data.ipynb #ba695a03
 def _clean_uns(d):
     "Make `d` storable in `.h5ad`: drop None values, turn tuples into lists and numpy scalars into Python numbers."
@@ -194,10 +256,7 @@ def _read(path:str|Path, # an `.h5ad` file
           label_key:str="class", # column of `obs` holding the class labels
          )->ExprData:
     "Read an `.h5ad` file written by `ExprData.write` (or any AnnData with a label column in `obs`)."
-    import anndata
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"no such file: {path}")
-    return _from_anndata(anndata.read_h5ad(path), label_key=label_key)
+    return _from_anndata(_load_anndata(Path(path), "file"), label_key=label_key)
 
 ExprData.write = _write
 ExprData.read = staticmethod(_read)
@@ -319,20 +378,48 @@ def _sep_for(path, sep:str|None=None)->str:
     with _open_text(path) as f: first = f.readline()
     return "\t" if first.count("\t") >= max(1, first.count(",")) else ","
 
+# %% ../nbs/02_data.ipynb #d045de18
+_NA_CELLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+             "NULL", "NaN", "None", "n/a", "nan", "null") # pandas' missing-value strings: used for numeric cells only
+
+# %% ../nbs/02_data.ipynb #7269a1c2
+_PARSE_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError)
+
+# %% ../nbs/02_data.ipynb #dec87fe9
+def _parse_error(path:Path, what:str, e:BaseException)->ValueError:
+    "A one-line error naming the file, for an exception raised while parsing it."
+    if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)):
+        return ValueError(f"{path}: the gzip-compressed {what} is truncated or damaged ({_first_line(e)}); download or compress it again")
+    if isinstance(e, UnicodeDecodeError):
+        return ValueError(f"{path}: the {what} is not UTF-8 text (byte {e.start}); save it as a UTF-8 CSV/TSV (a spreadsheet: 'Save as CSV')")
+    if isinstance(e, pd.errors.EmptyDataError):
+        return ValueError(f"{path}: the {what} holds no header and no rows; was it written completely?")
+    return ValueError(f"{path}: cannot parse the {what} ({_first_line(e)}); every row needs as many fields as the header")
+
 # %% ../nbs/02_data.ipynb #35f20505
-def _read_table(path:Path, sep:str)->tuple:
-    "Read a delimited table with row names in its first column; also return the raw header (pandas renames duplicates)."
-    with _open_text(path) as f: header = next(csv.reader(f, delimiter=sep), [])
-    if len(header) < 2:
-        raise ValueError(f"{path.name}: the first line has {len(header)} field(s) with separator {sep!r}; "
-                         "expected a header of ids (pass sep= if the separator is different)")
-    df = pd.read_csv(path, sep=sep, index_col=0, header=0, low_memory=False,
-                     compression="gzip" if _is_gzip(path) else None, encoding="utf-8-sig")
-    if df.shape[1] != len(header) - 1:
-        raise ValueError(f"{path.name}: the header has {len(header) - 1} column names but the rows have {df.shape[1]} values")
+def _read_table(path:Path,
+                sep:str|None, # field separator, or None: from the file name, else sniffed
+                text_column:str|None=None, # a column read as text with only empty cells missing (the labels)
+               )->tuple: # (the table with its first column as row names, the separator)
+    "Read a delimited table; row names and `text_column` stay text, and its header is taken as written (pandas renames duplicates)."
+    try:
+        sep = _sep_for(path, sep)
+        with _open_text(path) as f: header = next(csv.reader(f, delimiter=sep), [])
+        if len(header) < 2:
+            raise ValueError(f"{path.name}: the first line has {len(header)} field(s) with separator {sep!r}; "
+                             "expected a header of ids (pass sep= if the separator is different)")
+        text = {0} | ({1 + header[1:].index(text_column)} if text_column in header[1:] else set())
+        df = pd.read_csv(path, sep=sep, header=0, index_col=None, dtype={i: str for i in text}, keep_default_na=False,
+                         na_values={i: _NA_CELLS for i in range(len(header)) if i not in text}, low_memory=False,
+                         compression="gzip" if _is_gzip(path) else None, encoding="utf-8-sig")
+    except _PARSE_ERRORS as e: raise _parse_error(path, "expression matrix", e) from e
+    if not isinstance(df.index, pd.RangeIndex) or df.shape[1] != len(header):  # pandas took an implicit index
+        raise ValueError(f"{path.name}: some rows have more fields than the header's {len(header)}; if the header lacks a name "
+                         "for the row-id column, add one at its start (e.g. 'gene')")
+    df = df.set_index(df.columns[0])
     df.columns = [str(c) for c in header[1:]]
-    df.index = df.index.astype(str)
-    return df
+    df.index = pd.Index(df.index.astype(str), name=header[0] or None)
+    return df, sep
 
 # %% ../nbs/02_data.ipynb #e8fae8b7
 def _duplicates(names)->list:
@@ -363,47 +450,64 @@ def _numeric_values(df:pd.DataFrame, name:str)->np.ndarray:
     return X32
 
 # %% ../nbs/02_data.ipynb #69f3c89d
-def _read_sample_sheet(path, label_column:str, sample_column:str|None=None)->pd.Series:
-    "The labels of a sample sheet as a `Series` indexed by sample id (empty labels kept as NaN)."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"no such sample sheet: {path}")
-    sheet = pd.read_csv(path, sep=_sep_for(path), dtype=str, compression="gzip" if _is_gzip(path) else None,
-                        encoding="utf-8-sig")
+def _read_sample_sheet(path, label_column:str, sample_column:str|None=None)->tuple:
+    "The labels of a sample sheet as a `Series` indexed by sample id (only empty labels missing, as NaN), and counts of its rows."
+    path = _check_file(path, "sample sheet")
+    try:
+        sheet = pd.read_csv(path, sep=_sep_for(path), dtype=str, na_filter=False, compression="gzip" if _is_gzip(path) else None,
+                            encoding="utf-8-sig")
+    except _PARSE_ERRORS as e: raise _parse_error(path, "sample sheet", e) from e
+    if sheet.empty:
+        raise ValueError(f"{path}: the sample sheet has a header ({', '.join(map(str, sheet.columns[:5]))}) but no rows; "
+                         "add one row per sample")
     sample_column = sheet.columns[0] if sample_column is None else sample_column
     if sample_column not in sheet:
         raise KeyError(f"sample column {sample_column!r} is not in the sample sheet {path.name}; its columns are {list(sheet.columns)}")
     if label_column not in sheet:
         raise KeyError(f"label column {label_column!r} is not in the sample sheet {path.name}; its columns are {list(sheet.columns)}")
     ids = sheet[sample_column].str.strip()
-    if ids.isna().any():
-        _logger.warning("sample sheet %s: %d row(s) without a sample id ignored", path.name, int(ids.isna().sum()))
-        sheet, ids = sheet[ids.notna()], ids[ids.notna()]
+    no_id = ids.eq("").to_numpy()
+    if no_id.any():
+        _logger.warning("sample sheet %s: %d row(s) without a sample id ignored", path.name, int(no_id.sum()))
+        sheet, ids = sheet[~no_id], ids[~no_id]
     dups = _duplicates(ids)
     if dups: raise ValueError(f"the sample sheet {path.name} lists {len(dups)} sample id(s) more than once, e.g. {dups[:3]}")
-    labels = sheet[label_column].str.strip().replace("", np.nan)
-    return pd.Series(labels.to_numpy(), index=pd.Index(ids.to_numpy(), name="sample"), name=label_column)
+    labels = sheet[label_column].where(sheet[label_column].str.strip().ne(""))  # kept as written; blank -> NaN
+    info = dict(sample_sheet=str(path), sample_column=str(sample_column), sheet_rows=len(sheet) + int(no_id.sum()),
+                sheet_rows_without_id=int(no_id.sum()))
+    return pd.Series(labels.to_numpy(), index=pd.Index(ids.to_numpy(), name="sample"), name=label_column), info
 
 # %% ../nbs/02_data.ipynb #af33a00c
-def _orientation(rows:list, cols:list, ids, orientation:str, label_column:str, name:str)->str:
-    "Which side of the matrix holds the samples: from `orientation`, the sample ids, or a label column."
+_ORIENT_SHARE, _ORIENT_RATIO = 0.5, 2.0 # the sample side: twice the other side's share of sheet ids, and at least half its names in the sheet
+# unless the other side matches no id at all (a sheet that covers a subset of a big matrix)
+
+# %% ../nbs/02_data.ipynb #8f589397
+def _orientation(rows:list, cols:list, ids, orientation:str, label_column:str, name:str)->tuple:
+    "Which side of the matrix holds the samples, and why: from `orientation`, the share of each side's names in the sheet, or a label column."
     choices = ("auto", "genes_x_samples", "samples_x_genes")
     if orientation not in choices: raise ValueError(f"orientation must be one of {choices}, got {orientation!r}")
-    if orientation != "auto": return orientation
-    if ids is not None:
-        ids = set(ids)
-        n_col, n_row = len(ids.intersection(cols)), len(ids.intersection(rows))
-        if n_col == n_row == 0:
-            raise ValueError(f"none of the sample ids of the sample sheet match the matrix {name}: sheet ids look like "
-                             f"{sorted(ids)[:3]}, matrix columns like {cols[:3]} and rows like {rows[:3]}")
-        if n_col == n_row:
-            raise ValueError(f"{name}: as many sample ids match the rows as the columns ({n_col}); pass orientation=")
-        return "genes_x_samples" if n_col > n_row else "samples_x_genes"
-    if label_column in cols: return "samples_x_genes"
-    raise ValueError(f"{name}: no labels: give a sample_sheet, or a {label_column!r} column in a samples × genes matrix")
+    if orientation != "auto": return orientation, f"given: orientation={orientation!r}"
+    if ids is None:
+        if label_column in cols: return "samples_x_genes", f"no sample sheet, and the matrix has a {label_column!r} column"
+        raise ValueError(f"{name}: no labels: give a sample_sheet, or a {label_column!r} column in a samples × genes matrix")
+    ids = set(ids)
+    n_col, n_row = len(ids.intersection(cols)), len(ids.intersection(rows))
+    if n_col == n_row == 0:
+        raise ValueError(f"none of the sample ids of the sample sheet match the matrix {name}: sheet ids look like "
+                         f"{sorted(ids)[:3]}, matrix columns like {cols[:3]} and rows like {rows[:3]}")
+    f_col, f_row = n_col / max(len(cols), 1), n_row / max(len(rows), 1)
+    c = f"{n_col:,} of {len(cols):,} column names ({100 * f_col:.0f} %)"
+    r = f"{n_row:,} of {len(rows):,} row names ({100 * f_row:.0f} %)"
+    if (f_col >= _ORIENT_SHARE or n_row == 0) and f_col >= _ORIENT_RATIO * f_row:  # a sheet of a subset is fine when the other side has no id
+        return "genes_x_samples", f"columns hold the samples: {c} are sample ids of the sheet, against {r}"
+    if (f_row >= _ORIENT_SHARE or n_col == 0) and f_row >= _ORIENT_RATIO * f_col:
+        return "samples_x_genes", f"rows hold the samples: {r} are sample ids of the sheet, against {c}"
+    raise ValueError(f"{name}: cannot tell which side holds the samples: {c} and {r} are sample ids of the sheet; pass "
+                     "orientation='genes_x_samples' or 'samples_x_genes' (--orientation on the command line)")
 
 # %% ../nbs/02_data.ipynb #6c5f2537
 def _match_labels(samples:list, labels:pd.Series, name:str)->tuple:
-    "Positions of the matrix samples that have a label in `labels`, and those labels; logs what is dropped."
+    "Positions of the matrix samples that have a label in `labels`, those labels, and what was dropped and why (also logged)."
     lab = labels.reindex(samples) if not labels.index.has_duplicates else None
     if lab is None: raise ValueError(f"{name}: duplicate sample ids among the labels")
     in_sheet = pd.Index(samples).isin(labels.index)
@@ -411,41 +515,90 @@ def _match_labels(samples:list, labels:pd.Series, name:str)->tuple:
         raise ValueError(f"none of the {len(samples)} sample ids of {name} (e.g. {samples[:3]}) is in the sample sheet "
                          f"(e.g. {labels.index[:3].tolist()}); check the sample column and the ids' spelling")
     keep = in_sheet & lab.notna().to_numpy()
-    if (~in_sheet).any():
-        missing = [s for s, k in zip(samples, in_sheet) if not k]
-        _logger.warning("%s: %d sample(s) not in the sample sheet were dropped, e.g. %s", name, len(missing), missing[:3])
-    if (in_sheet & ~keep).any():
-        _logger.warning("%s: %d sample(s) with an empty label were dropped", name, int((in_sheet & ~keep).sum()))
+    dropped = {}
+    for reason, mask in (("not in the sample sheet", ~in_sheet), ("empty label", in_sheet & ~keep)):
+        if mask.any(): dropped[reason] = dict(count=int(mask.sum()), examples=[s for s, m in zip(samples, mask) if m][:5])
+    if "not in the sample sheet" in dropped:
+        d = dropped["not in the sample sheet"]
+        _logger.warning("%s: %d sample(s) not in the sample sheet were dropped, e.g. %s", name, d["count"], d["examples"][:3])
+    if "empty label" in dropped:
+        d = dropped["empty label"]
+        _logger.warning("%s: %d sample(s) with an empty label were dropped, e.g. %s", name, d["count"], d["examples"][:3])
     n_extra = int((~labels.index.isin(samples)).sum())
     if n_extra: _logger.info("%s: %d sample sheet row(s) have no column in the matrix", name, n_extra)
-    return np.flatnonzero(keep), lab.to_numpy()[keep].astype(str)
+    return np.flatnonzero(keep), lab.to_numpy()[keep].astype(str), dropped, n_extra
+
+# %% ../nbs/02_data.ipynb #b59500ac
+def _variant_key(label:str)->str:
+    "What label variants share: the label without case or surrounding whitespace, and a number by its value (1 = 1.0 = 01)."
+    s = label.strip()
+    try: v = float(s)
+    except ValueError: return s.casefold()
+    return repr(v) if np.isfinite(v) else s.casefold()
+
+# %% ../nbs/02_data.ipynb #1944adae
+def _label_variants(labels)->dict:
+    "Groups of distinct labels that differ only by case, surrounding whitespace or number format: {most frequent: {label: samples}}."
+    counts = sorted(pd.Series(labels).astype(str).value_counts().items(), key=lambda o: (-o[1], o[0]))
+    groups = {}
+    for label, n in counts: groups.setdefault(_variant_key(label), {})[label] = int(n)
+    return {next(iter(g)): g for g in groups.values() if len(g) > 1}
+
+# %% ../nbs/02_data.ipynb #6af67ebf
+def _variants_text(variants:dict)->str:
+    "Label variants for a message: 'tumour' (50) vs 'Tumour' (1); ..."
+    return "; ".join(" vs ".join(f"{k!r} ({n})" for k, n in g.items()) for g in variants.values())
 
 # %% ../nbs/02_data.ipynb #ff0d9f27
 def _check_classes(labels, name:str):
-    "At least two classes, and at least two samples in every class."
+    "At least two classes, and at least two samples in every class (naming label variants, the likely cause of a tiny class)."
     counts = pd.Series(labels).value_counts()
     if len(counts) < 2:
         raise ValueError(f"{name}: a single class ({counts.index[0]!r}, {counts.iloc[0]} samples); a classifier needs at least two")
     small = counts[counts < 2]
     if len(small):
-        raise ValueError(f"{name}: class(es) with fewer than 2 samples: {small.to_dict()}; remove them or merge them with another class")
+        variants = {k: g for k, g in _label_variants(labels).items() if set(g) & set(small.index)}
+        hint = f" (labels that differ only by case, whitespace or number format: {_variants_text(variants)})" if variants else ""
+        raise ValueError(f"{name}: class(es) with fewer than 2 samples: {small.to_dict()}; remove them or merge them with another class{hint}")
+
+# %% ../nbs/02_data.ipynb #7655dd42
+_CONSTANT_WARN = 0.05 # warn when more than this share of the genes is constant across the samples read
+
+# %% ../nbs/02_data.ipynb #b0a4add5
+def _finish_record(rec:dict, X:np.ndarray, labels, classes:list, name:str)->dict:
+    "Add the sizes, class counts, label variants and constant genes to the reading record `rec`; log what needs a warning."
+    counts = pd.Series(labels).value_counts()
+    variants = _label_variants(labels)
+    if variants:
+        _logger.warning("%s: labels that differ only by case, surrounding whitespace or number format are kept as separate "
+                        "classes: %s; if they are one class, write them the same way", name, _variants_text(variants))
+    n_const = int((X.min(axis=0) == X.max(axis=0)).sum()) if X.size else 0
+    if X.shape[1] and n_const > _CONSTANT_WARN * X.shape[1]:
+        _logger.warning("%s: %d of %d genes (%.0f %%) are constant across the samples read; they carry nothing (kept, a model "
+                        "gives them no weight)", name, n_const, X.shape[1], 100 * n_const / X.shape[1])
+    rec.update(n_samples=int(X.shape[0]), n_genes=int(X.shape[1]), classes={c: int(counts.get(c, 0)) for c in classes},
+               label_variants=variants, constant_genes=n_const)
+    return rec
 
 # %% ../nbs/02_data.ipynb #9a57a793
-def _read_h5ad(path:Path, labels:pd.Series|None, label_column:str)->ExprData:
-    import anndata
-    adata = anndata.read_h5ad(path)
+def _read_h5ad(path:Path, labels:pd.Series|None, label_column:str, rec:dict)->ExprData:
+    adata = _load_anndata(path, "expression file")
     name = path.name
     for what, names in (("gene", adata.var_names), ("sample", adata.obs_names)):
         dups = _duplicates(names)
         if dups: raise ValueError(f"{name}: duplicate {what} ids: {dups[:5]} ({len(dups)} in all)")
+    dropped, n_extra = {}, 0
     if labels is None:
         if label_column not in adata.obs:
             raise KeyError(f"{name}: obs has no label column {label_column!r}; its columns are {list(adata.obs.columns)}")
         lab = adata.obs[label_column]
-        keep = np.flatnonzero(lab.notna().to_numpy())
-        if len(keep) < adata.n_obs: _logger.warning("%s: %d sample(s) with an empty label were dropped", name, adata.n_obs - len(keep))
+        blank = lab.isna().to_numpy() | lab.astype(object).map(lambda o: isinstance(o, str) and not o.strip()).to_numpy(bool)
+        keep = np.flatnonzero(~blank)
+        if blank.any():
+            dropped["empty label"] = dict(count=int(blank.sum()), examples=[str(s) for s in adata.obs_names[blank][:5]])
+            _logger.warning("%s: %d sample(s) with an empty label were dropped", name, int(blank.sum()))
     else:
-        keep, lab = _match_labels([str(o) for o in adata.obs_names], labels, name)
+        keep, lab, dropped, n_extra = _match_labels([str(o) for o in adata.obs_names], labels, name)
         adata = adata[keep].copy()
         adata.obs[label_column] = pd.Categorical(lab, categories=_sorted_classes(lab))
         keep = np.arange(adata.n_obs)
@@ -454,7 +607,10 @@ def _read_h5ad(path:Path, labels:pd.Series|None, label_column:str)->ExprData:
     _numeric_values(pd.DataFrame(X, index=adata.obs_names, columns=adata.var_names), name)
     _check_classes(adata.obs[label_column].astype(str), name)
     out = _from_anndata(adata, label_key=label_column)
-    out.meta.update(source=str(path), label_column=label_column)
+    rec.update(format="h5ad (AnnData)", orientation="samples_x_genes", orientation_reason="AnnData: obs are the samples",
+               dropped=dropped, sheet_rows_not_in_matrix=n_extra)
+    _finish_record(rec, out.X, [out.classes[i] for i in out.y], out.classes, name)
+    out.meta.update(source=str(path), label_column=label_column, read=rec)
     return out
 
 # %% ../nbs/02_data.ipynb #c03c8fbf
@@ -466,20 +622,23 @@ def read_expression(
     orientation:str="auto", # "auto" (from the sample ids), "genes_x_samples" or "samples_x_genes"
     sep:str|None=None, # field separator of the matrix (default: from the file name, else sniffed)
 )->ExprData:
-    "Load a user's expression matrix and labels into an `ExprData`, with a clear error for every malformed input."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"no such expression file: {path}")
-    labels = _read_sample_sheet(sample_sheet, label_column, sample_column) if sample_sheet is not None else None
-    if path.suffix == ".h5ad": return _read_h5ad(path, labels, label_column)
+    "Load a user's expression matrix and labels into an `ExprData`, with a clear error for every malformed input; `meta['read']` says what was read."
+    path = _check_file(path, "expression file")
+    if sample_sheet is not None: _check_file(sample_sheet, "sample sheet")  # both files are checked before either is parsed
+    labels, rec = (None, {}) if sample_sheet is None else _read_sample_sheet(sample_sheet, label_column, sample_column)
+    rec = dict(file=str(path), label_column=label_column, **rec)
+    if path.suffix == ".h5ad": return _read_h5ad(path, labels, label_column, rec)
     if path.suffix.lower() in (".xlsx", ".xls", ".h5", ".rds", ".parquet"):
         raise ValueError(f"{path.name}: unsupported file type; save the matrix as CSV/TSV (optionally gzipped) or .h5ad")
-    df = _read_table(path, _sep_for(path, sep))
+    df, sep = _read_table(path, sep, text_column=label_column if labels is None else None)
     rows, cols = df.index.tolist(), df.columns.tolist()
-    orient = _orientation(rows, cols, None if labels is None else labels.index, orientation, label_column, path.name)
+    orient, why = _orientation(rows, cols, None if labels is None else labels.index, orientation, label_column, path.name)
     if labels is None:
+        if orient == "genes_x_samples":
+            raise ValueError(f"{path.name}: a label column needs a samples × genes matrix; give a sample_sheet for a genes × samples one")
         if label_column not in df: raise KeyError(f"{path.name}: no label column {label_column!r} among the columns")
-        labels = df.pop(label_column).astype("string").str.strip().replace("", pd.NA).astype(object)
-        labels.index = df.index
+        raw = df.pop(label_column).astype(object)
+        labels = raw.where(raw.map(lambda o: isinstance(o, str) and bool(o.strip())), np.nan)  # kept as written; blank -> NaN
         cols = df.columns.tolist()
     samples, genes = (cols, rows) if orient == "genes_x_samples" else (rows, cols)
     for what, names in (("sample", samples), ("gene", genes)):
@@ -487,13 +646,54 @@ def read_expression(
         if dups: raise ValueError(f"{path.name}: duplicate {what} ids: {dups[:5]} ({len(dups)} in all)")
     X = _numeric_values(df, path.name)
     if orient == "genes_x_samples": X = X.T
-    keep, lab = _match_labels(samples, labels, path.name)
+    keep, lab, dropped, n_extra = _match_labels(samples, labels, path.name)
     _check_classes(lab, path.name)
     classes = _sorted_classes(lab)
     y = pd.Categorical(lab, categories=classes).codes
-    meta = dict(source=str(path), orientation=orient, label_column=label_column)
+    X = X[keep]
+    gz = ", gzip-compressed" if _is_gzip(path) else ""
+    rec.update(format={",": "CSV", "\t": "TSV"}.get(sep, "delimited text") + gz, separator=sep, orientation=orient,
+               orientation_reason=why, dropped=dropped, sheet_rows_not_in_matrix=n_extra)
+    _finish_record(rec, X, lab, classes, path.name)
+    meta = dict(source=str(path), orientation=orient, label_column=label_column, read=rec)
     if sample_sheet is not None: meta["sample_sheet"] = str(sample_sheet)
-    return ExprData(X[keep], y, classes, genes, samples=[samples[i] for i in keep], meta=meta)
+    return ExprData(X, y, classes, genes, samples=[samples[i] for i in keep], meta=meta)
+
+# %% ../nbs/02_data.ipynb #49df8929
+_ORIENTATION_WORDS = {"genes_x_samples": "genes × samples", "samples_x_genes": "samples × genes"}
+
+# %% ../nbs/02_data.ipynb #cf357211
+def _reading_notes(r:dict)->list:
+    "The bullet points of `describe_reading`: what was dropped or deserves a look."
+    notes = []
+    for reason, d in (r.get("dropped") or {}).items():
+        ex = ", ".join(f"`{_md_escape(s)}`" for s in list(d.get("examples", []))[:5])
+        notes.append(f"dropped {int(d['count']):,} sample(s): {reason}" + (f", e.g. {ex}" if ex else ""))
+    if r.get("sheet_rows_without_id"): notes.append(f"{int(r['sheet_rows_without_id']):,} sample sheet row(s) without a sample id ignored")
+    if r.get("sheet_rows_not_in_matrix"): notes.append(f"{int(r['sheet_rows_not_in_matrix']):,} sample sheet row(s) have no sample in the matrix")
+    for g in (r.get("label_variants") or {}).values():
+        notes.append("label variants kept as separate classes: " + " vs ".join(f"{_md_escape(repr(k))} ({int(n):,})" for k, n in g.items()))
+    n_const, n_genes = int(r.get("constant_genes", 0)), int(r.get("n_genes", 0))
+    if n_const: notes.append(f"{n_const:,} constant gene(s) ({100 * n_const / max(n_genes, 1):.1f} %): they carry nothing")
+    return notes or ["nothing dropped, no label variants, no constant genes"]
+
+# %% ../nbs/02_data.ipynb #27555f94
+def describe_reading(data:ExprData)->str:
+    "What `read_expression` read and dropped (its `meta['read']`), as Markdown: a short table and a bullet list."
+    r = (data.meta or {}).get("read")
+    if not r: return f"`{data!r}`: not read from a user's file (no `meta['read']`)."
+    fmt = r.get("format", "?")
+    if fmt.startswith("delimited"): fmt += f", separator {r.get('separator')!r}"
+    sheet = r.get("sample_sheet")
+    labels = (f"column `{r['label_column']}` of `{Path(sheet).name}`" if sheet else
+              f"the file's own `{r['label_column']}` {'obs column' if fmt.startswith('h5ad') else 'column'}")
+    orient = r.get("orientation")
+    classes = ", ".join(f"{_md_escape(c)} ({int(n):,})" for c, n in (r.get("classes") or {}).items())
+    lines = [f"**Read** `{_md_escape(Path(r['file']).name)}`", "", "| | |", "|---|---|",
+             f"| format | {fmt} |", f"| labels | {labels} |",
+             f"| orientation | {_ORIENTATION_WORDS.get(orient, orient)}; {_md_escape(r.get('orientation_reason', ''))} |",
+             f"| samples | {int(r['n_samples']):,} |", f"| genes | {int(r['n_genes']):,} |", f"| classes | {classes} |", ""]
+    return "\n".join(lines + [f"- {o}" for o in _reading_notes(r)])
 
 # %% ../nbs/02_data.ipynb #2305b0ea
 @dataclass(eq=False)
@@ -648,7 +848,7 @@ class Log2p(Transform):
     def _apply(self, X):
         if X.size and X.min() <= -1:
             raise ValueError(f"log2(x + 1) needs x > -1, but the smallest value is {X.min():g}; "
-                             "are these values already log-transformed?")
+                             "for data already on a log scale or centred, use transform 'standardize' (--transform standardize)")
         out = np.log1p(X)
         out *= np.float32(1 / np.log(2))
         return out
@@ -828,6 +1028,74 @@ def transform_for(
     if recipe == "user": return Pipeline([Log2p(), Standardize()]) if log else Standardize()
     raise ValueError(f"no transform recipe for {dataset!r}: use 'pancan', 'BRCA', 'KIRC', 'SIMU1', 'SIMU2', 'SimuA', "
                      "'SimuB', 'SimuC', 'simulation' or 'user' (or build a Pipeline yourself)")
+
+# %% ../nbs/02_data.ipynb #b8f69735
+TRANSFORM_CHOICES = ("auto", "log2", "cpm-log2", "standardize", "none")
+
+# %% ../nbs/02_data.ipynb #0302a10e
+_LOG_MAX = 30.0 # log2(x + 1) of any count of a library up to 1e9 reads stays below this
+_SCALE_ROWS = 2000 # rows inspected for the share of whole numbers
+
+# %% ../nbs/02_data.ipynb #d37b6bbe
+def _scale_facts(X:np.ndarray)->dict:
+    "Minimum, maximum, constant genes, all-zero samples, and the share of whole numbers among non-zero values (on a sample of rows)."
+    rows = X[np.unique(np.linspace(0, len(X) - 1, min(len(X), _SCALE_ROWS)).astype(np.int64))]
+    nz = rows[rows != 0]
+    return dict(min=float(X.min()), max=float(X.max()), n_genes=X.shape[1],
+                constant_genes=int((X.min(axis=0) == X.max(axis=0)).sum()), zero_samples=int((~X.any(axis=1)).sum()),
+                whole=float(np.mean(nz == np.round(nz))) if nz.size else 1.0)
+
+# %% ../nbs/02_data.ipynb #58b9ad80
+def _auto_choice(f:dict)->tuple:
+    "The choice of `auto` from the facts of `_scale_facts`, and why."
+    if f["min"] < 0:
+        return "standardize", f"values go down to {f['min']:.3g}: already centred, log-ratio or standardised data; standardised only"
+    if f["max"] <= _LOG_MAX and f["whole"] < 0.5:
+        return "standardize", (f"looks log-scale: non-negative, max {f['max']:.3g}, {100 * (1 - f['whole']):.0f} % of the non-zero "
+                               "values non-integer; standardised only (no second log)")
+    kind = "integer-valued (counts)" if f["whole"] >= 0.9 else f"{100 * (1 - f['whole']):.0f} % non-integer (TPM, FPKM, ...)"
+    return "log2", f"counts-like: max {f['max']:.3g}, {kind}; log2(x + 1), then standardised"
+
+# %% ../nbs/02_data.ipynb #d7057f2f
+_CHOICE_STEPS = {"log2": "log2(x + 1), then standardised", "cpm-log2": "counts per million, log2(x + 1), then standardised",
+                 "standardize": "standardised only", "none": "no transform"}
+
+# %% ../nbs/02_data.ipynb #0f6cf42d
+def _recipe(choice:str)->Transform:
+    "The unfitted transform of a `TRANSFORM_CHOICES` entry other than auto."
+    return {"log2": lambda: Pipeline([Log2p(), Standardize()]), "cpm-log2": lambda: Pipeline([CPM(), Log2p(), Standardize()]),
+            "standardize": Standardize, "none": Identity}[choice]()
+
+# %% ../nbs/02_data.ipynb #3384d479
+def choose_transform(
+    X, # samples × genes (array or `ExprData`), as read: before any transform
+    choice:str="auto", # one of `TRANSFORM_CHOICES`; "auto" decides from the values
+    name:str|None=None, # what to call the matrix in messages (default: the file an `ExprData` was read from, else "the matrix")
+)->tuple: # (the unfitted `Transform`, a one-sentence reason for the report)
+    "The input transform of a user's matrix and why; refuses matrices no transform can make informative."
+    if name is None: name = Path(X.meta.get("source", "the matrix")).name if isinstance(X, ExprData) else "the matrix"
+    if isinstance(X, ExprData): X = X.X
+    if choice not in TRANSFORM_CHOICES: raise ValueError(f"transform must be one of {TRANSFORM_CHOICES}, got {choice!r}")
+    X, _ = _as_2d(X)
+    check_finite(X, name)
+    if X.size == 0: raise ValueError(f"{name}: the matrix is empty ({X.shape[0]} samples × {X.shape[1]} genes); check what was read")
+    f = _scale_facts(X)
+    if f["min"] == f["max"] == 0:
+        raise ValueError(f"{name}: every value is 0, so there is nothing to learn; check that the right file (or column range) was read")
+    if f["constant_genes"] == f["n_genes"]:
+        raise ValueError(f"{name}: every one of the {f['n_genes']} genes is constant across the samples, so a model can only "
+                         "guess; check the orientation and that the right file was read")
+    auto, why = _auto_choice(f)
+    if choice == "auto": return _recipe(auto), why
+    if choice in ("log2", "cpm-log2") and f["min"] < 0:
+        raise ValueError(f"{name}: transform {choice!r} needs non-negative values but the smallest is {f['min']:.3g}; use "
+                         "--transform standardize (transform='standardize') for centred, log-ratio or standardised data")
+    if choice == "cpm-log2" and f["zero_samples"]:
+        raise ValueError(f"{name}: {f['zero_samples']} sample(s) have every value 0, so counts per million divide by 0; "
+                         "remove them or use --transform log2")
+    reason = f"{choice} as asked: {_CHOICE_STEPS[choice]}"
+    if auto != choice and choice != "none": reason += f" (auto would choose {auto}: {why.split(';')[0]})"
+    return _recipe(choice), reason
 
 # %% ../nbs/02_data.ipynb #80b1b31d
 def sparse_samples(

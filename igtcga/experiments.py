@@ -1,4 +1,4 @@
-"""The cached end-to-end runner: simulate or load → split → transform → graph → train R seeds → attribute → evaluate → report, and `igtcga-reproduce`.
+"""The cached end-to-end runner: simulate or load → check → split → transform → graph → train R seeds → attribute → evaluate → report, and `igtcga-reproduce`.
 
 Docs: https://igtcga.github.io/igtcga/experiments.html.md"""
 
@@ -6,26 +6,33 @@ Docs: https://igtcga.github.io/igtcga/experiments.html.md"""
 
 # %% ../nbs/08_experiments.ipynb #69c09678
 from __future__ import annotations
-import dataclasses, hashlib, json, time
+import csv, dataclasses, hashlib, io, json, logging, math, os, re, shutil, socket, sys, tempfile, time, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 from fastcore.script import call_parse, store_true
 
-from .core import atomic_write, cache_dir, progress
-from .data import DATASETS, ExprData, dataset_info, paper_split, read_expression, stratified_split, transform_for
+from . import __version__
+from .core import _umask, atomic_write, cache_dir, check_int, get_device, progress
+from .data import (DATASETS, TRANSFORM_CHOICES, ExprData, choose_transform, dataset_info, describe_reading, paper_split,
+                         read_expression, stratified_split, transform_for)
 from .models import MODELS, build_model
 
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'Experiment', 'summarise', 'report_markdown', 'plot_summary', 'run_experiment', 'run_datasets',
            'reproduce_cli']
 
+# %% ../nbs/08_experiments.ipynb #5d0b7c21
+_logger = logging.getLogger("igtcga")
+_ORIENTATIONS = ("auto", "genes_x_samples", "samples_x_genes") # what `read_expression(orientation=)` takes
+
 # %% ../nbs/08_experiments.ipynb #2f5513e9
 @dataclass
 class Experiment:
-    "Everything that defines one experiment (data, models, seeds, IG and metric settings)."
+    "Everything that defines one experiment (data, models, seeds, IG and metric settings), checked on construction."
     dataset:str="SIMU1" # simulation preset, "pancan"/"brca"/"kirc", or a path to your own matrix
     models:tuple=("LR", "MLP") # any of "LR", "MLP", "DiffuseLR", "DiffuseMLP"
     runs:int=3 # retrainings, with seeds 1..runs
@@ -38,24 +45,40 @@ class Experiment:
     shuffle:bool=True # reshuffle the batches every epoch (False: the original's fixed batch order)
     n_steps:int=3000 # IG quadrature nodes (protocol §6.1)
     tol:float=1e-4 # IG completeness tolerance (probability units); steps are doubled until it holds
-    baseline:str|None=None # IG baseline; None: the study's choice for the dataset
-    studied_classes:list|None=None # classes explained and evaluated; None: the study's choice
+    baseline:str|None=None # IG baseline: "zero", "train_mean" or "class_mean:<class>"; None: the study's choice for the dataset
+    studied_classes:list|None=None # classes explained and evaluated (names or indices); None: the study's choice
     gap:int=10 # genes replaced per prediction-gap step
     n_random:int=30 # random orderings for PGR
     graph_threshold:float=0.5 # |r| threshold of the correlation graph (Diffuse* models, diffused FA)
     device:str="auto" # "auto" (CUDA when present), "cpu" or "cuda"
+    sample_column:str|None=None # your own matrix: sample-sheet column holding the sample ids (None: its first column)
+    orientation:str="auto" # your own matrix: "auto" (from the sample ids), "genes_x_samples" or "samples_x_genes"
+    sep:str|None=None # your own matrix: field separator (None: from the file name, else sniffed)
+    transform:str="auto" # your own matrix: one of `TRANSFORM_CHOICES` ("auto": decided from the values); presets keep their recipe
 
     def __post_init__(self):
         self.models = tuple(m.strip() for m in (self.models.split(",") if isinstance(self.models, str) else self.models) if m.strip())
         bad = [m for m in self.models if m not in MODELS]
         if bad or not self.models: raise ValueError(f"unknown model(s) {bad or self.models}; choose from {', '.join(MODELS)}")
-        if self.runs < 1: raise ValueError(f"runs must be >= 1, got {self.runs}")
+        for k in ("runs", "epochs", "n_steps", "gap", "n_random"): setattr(self, k, check_int(getattr(self, k), k, 1))
+        self.data_seed = check_int(self.data_seed, "data_seed", 0, 2**32 - 1)
+        if self.n_samples is not None: self.n_samples = check_int(self.n_samples, "n_samples", 2)
+        if self.tol is not None and not (_is_real(self.tol) and self.tol > 0):
+            raise ValueError(f"tol must be a number > 0 (or None: no completeness control), got {self.tol!r}")
+        if not (_is_real(self.graph_threshold) and 0 <= self.graph_threshold < 1):
+            raise ValueError(f"graph_threshold must be a number in [0, 1), got {self.graph_threshold!r}")
         info = dataset_info(self.dataset)
         self.kind, self.dataset = info.kind, info.name
         if self.baseline is None: self.baseline = info.baseline
         if self.studied_classes is None: self.studied_classes = None if info.studied is None else list(info.studied)
         if self.split == "auto": self.split = "stratified" if self.kind == "file" else "paper"
         if self.split not in ("paper", "stratified"): raise ValueError(f"split must be 'paper', 'stratified' or 'auto', got {self.split!r}")
+        _check_baseline(self.baseline)
+        self.studied_classes = _as_class_list(self.studied_classes)
+        _check_file_options(self)
+        try: get_device(self.device)
+        except RuntimeError as e: raise ValueError(str(e)) from None
+        if self.kind == "simulation": _check_simulation(self)
 
     @classmethod
     def small(cls, dataset:str="SIMU1", **kwargs)->Experiment:
@@ -73,40 +96,234 @@ class Experiment:
         d["models"] = list(self.models)
         return d
 
+# %% ../nbs/08_experiments.ipynb #7c0e4a9d
+def _is_real(v)->bool: return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+# %% ../nbs/08_experiments.ipynb #1e6f2b35
+def _some(names:list, k:int=6)->str:
+    "The first `k` of `names`, quoted, and how many there are in all."
+    shown = ", ".join(repr(str(n)) for n in names[:k])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > k else "")
+
+# %% ../nbs/08_experiments.ipynb #4f8a2d61
+def _check_baseline(baseline)->str:
+    "`baseline` if it is one of the runner's IG baselines, else an error listing them."
+    if isinstance(baseline, str) and (baseline in ("zero", "train_mean") or (baseline.startswith("class_mean:") and baseline[11:].strip())):
+        return baseline
+    raise ValueError(f"baseline must be 'zero', 'train_mean' or 'class_mean:<class>' (a class name or index), got {baseline!r}")
+
+# %% ../nbs/08_experiments.ipynb #9a3e5c17
+def _as_class_list(classes)->list|None:
+    "Studied classes as a list of names (str) and indices (int); a comma-separated string is split; None stays None."
+    if classes is None: return None
+    if isinstance(classes, str): classes = classes.split(",")
+    classes = list(classes) if isinstance(classes, (list, tuple, np.ndarray)) else [classes]
+    ok = lambda c: (isinstance(c, str) and c.strip()) or (isinstance(c, (int, np.integer)) and not isinstance(c, bool))
+    if not classes or not all(ok(c) for c in classes):
+        raise ValueError(f"studied_classes must be class names or indices (e.g. 'tumour,normal' or '0,2'), got {classes!r}")
+    return [c.strip() if isinstance(c, str) else int(c) for c in classes]
+
+# %% ../nbs/08_experiments.ipynb #3b7d9e02
+def _check_file_options(exp)->None:
+    "The options of your own matrix: valid for a file, and not given at all for a preset (which has its own data and recipe)."
+    if exp.kind == "file":
+        if exp.transform not in TRANSFORM_CHOICES:
+            raise ValueError(f"transform must be one of {', '.join(TRANSFORM_CHOICES)}, got {exp.transform!r}")
+        if exp.orientation not in _ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {', '.join(_ORIENTATIONS)}, got {exp.orientation!r}")
+        return
+    given = [k for k, default in (("labels", None), ("sample_column", None), ("sep", None), ("orientation", "auto"),
+                                  ("transform", "auto")) if getattr(exp, k) != default]
+    if given: raise ValueError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to your own matrix: {exp.dataset} "
+                               f"has its own data and input transform (protocol §4); leave {'them' if len(given) > 1 else 'it'} out")
+
+# %% ../nbs/08_experiments.ipynb #6c1d8f44
+def _class_index(
+    c, # a class name, or an index (int, or a string of digits when no class has that name)
+    classes:list, # the class names of the data
+    what:str="class", # how the message names `c`
+)->int:
+    "The index of class `c`: its name first, else its index; an error listing the classes otherwise."
+    if isinstance(c, str):
+        if c in classes: return classes.index(c)
+        if not c.lstrip("-").isdigit(): raise ValueError(f"{what} {c!r} is not a class of the data; its classes are {_some(classes)}")
+    if not 0 <= int(c) < len(classes):
+        raise ValueError(f"{what} {c!r} is not a class of the data: give a name ({_some(classes)}) or an index in [0, {len(classes) - 1}]")
+    return int(c)
+
+# %% ../nbs/08_experiments.ipynb #42e7f8fb
+def make_split(exp:Experiment, y):
+    "The paper's seed-43 split, or a stratified one (recorded with every result), of samples with labels `y` (or an `ExprData`)."
+    y = np.asarray(getattr(y, "y", y))
+    return paper_split(len(y)) if exp.split == "paper" else stratified_split(y, seed=exp.data_seed)
+
+# %% ../nbs/08_experiments.ipynb #8e2f0c6b
+def split_gaps(
+    y, # class index of every sample
+    split, # a `Split`
+    classes:list, # class names
+)->str|None: # None when every class has a training and a test sample
+    "Which classes have no training or no test sample in `split`."
+    y = np.asarray(y)
+    n_train, n_test = (np.bincount(y[np.asarray(i, dtype=np.int64)], minlength=len(classes)) for i in (split.train, split.test))
+    lacking = [f"{classes[c]!r} has no {'training' if n_train[c] == 0 else 'test'} sample" for c in range(len(classes))
+               if n_train[c] == 0 or n_test[c] == 0]
+    if not lacking: return None
+    return (f"with the {split.method} split, {len(lacking)} of the {len(classes)} classes lack a training or a test sample "
+            f"({', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''})")
+
+# %% ../nbs/08_experiments.ipynb #5a4c3e90
+def check_plan(
+    exp:Experiment, # the experiment
+    y, # class index of every sample
+    classes:list, # class names
+    n_genes:int, # number of genes
+    name:str, # what to call the data in messages
+)->dict: # "studied": the studied class indices (None: all); "baseline": the baseline, its class as an index
+    "What the run needs from the data, checked before any training: enough genes for the gap, every class on both sides of the split, existing studied and baseline classes."
+    if exp.gap > n_genes: raise ValueError(f"{name}: gap = {exp.gap} is more than the {n_genes} genes; use a gap between 1 and {n_genes}")
+    gaps = split_gaps(y, make_split(exp, y), classes)
+    if gaps: raise ValueError(f"{name}: {gaps}; every class needs samples on both sides: add samples or remove the class")
+    studied = None if exp.studied_classes is None else list(dict.fromkeys(_class_index(c, classes, "studied class") for c in exp.studied_classes))
+    baseline = exp.baseline
+    if baseline.startswith("class_mean:"): baseline = f"class_mean:{_class_index(baseline[11:].strip(), classes, 'baseline class')}"
+    return dict(studied=studied, baseline=baseline)
+
+# %% ../nbs/08_experiments.ipynb #7f3a1b6e
+def _simulated_labels(params, n_samples:int|None)->np.ndarray:
+    "The class of every sample a simulation will draw (each generated class gets its share, in order), without drawing any."
+    return params.model_class[np.repeat(np.arange(params.n_generated), params.samples_per_class(n_samples))]
+
+def _check_simulation(exp:Experiment)->None:
+    "Check a simulation's plan from its preset alone (size, labels, split, gap, classes), before anything is simulated."
+    from igtcga.simulation import PRESETS, _labels
+    params, classes = PRESETS[exp.dataset], _labels(PRESETS[exp.dataset])[0]
+    y = _simulated_labels(params, exp.n_samples)
+    name = f"{exp.dataset} with n_samples = {len(y)}"
+    gaps = split_gaps(y, make_split(exp, y), classes)
+    if gaps:
+        def works(n):
+            z = _simulated_labels(params, n)
+            return split_gaps(z, make_split(exp, z), classes) is None
+        n_ok = next((n for n in range(len(y) + 1, len(y) + 100 * params.n_generated) if works(n)), None)
+        hint = f"n_samples = {n_ok} is the smallest size above {len(y)} that gives every class both" if n_ok else "raise n_samples"
+        raise ValueError(f"{name}: {gaps}; {hint}")
+    check_plan(exp, y, classes, params.n_genes, name)
+
 # %% ../nbs/08_experiments.ipynb #f926ec22
 def step_key(*parts)->str:
     "A short stable hash of JSON-able `parts`."
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
+# %% ../nbs/08_experiments.ipynb #0d5e8a3f
+def data_key(
+    data:ExprData, # the data as read
+    split, # the train/test split
+    transform, # the unfitted input transform (anything with `to_dict`)
+)->str:
+    "The cache key of every model trained on `data`: its content (never its path), the split and the input transform."
+    indices = np.concatenate([np.asarray(split.train, np.int64), [-1], np.asarray(split.test, np.int64)])
+    return step_key("data-v2", data.fingerprint(), hashlib.sha1(indices.tobytes()).hexdigest(), transform.to_dict())
+
+# %% ../nbs/08_experiments.ipynb #8b2d4f6c
+def load_cached(
+    path:Path, # a cache file
+    load, # `load(path)` returns its value, or raises if it is damaged
+    what:str, # how the warning names it, e.g. "cached checkpoint"
+):
+    "The value cached at `path`, or None when it is missing or damaged; a damaged file is named in a warning and deleted."
+    path = Path(path)
+    if not path.exists(): return None
+    try: return load(path)
+    except Exception as e:
+        _logger.warning("%s %s is damaged (%s: %s); deleted, it is recomputed", what, path, type(e).__name__, " ".join(str(e).split())[:200])
+        path.unlink(missing_ok=True)
+        return None
+
+# %% ../nbs/08_experiments.ipynb #4c9e1a7b
+def read_metrics(path:Path)->dict:
+    "A run's cached metrics (a JSON object of numbers)."
+    m = json.loads(Path(path).read_text())
+    if not isinstance(m, dict) or not m or not all(isinstance(v, (int, float)) for v in m.values()):
+        raise ValueError("not a JSON object of metric values")
+    return m
+
+# %% ../nbs/08_experiments.ipynb #9d3f5b1e
+def read_table(
+    path:Path, # a CSV written by the runner
+    columns:list, # the columns it must have, in order
+)->pd.DataFrame:
+    "A cached table, refused when it is cut short: a last line without its newline, incomplete rows, other columns."
+    text = Path(path).read_text(encoding="utf-8")
+    if not text.endswith("\n"): raise ValueError("it ends in the middle of a line")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or rows[0] != list(columns): raise ValueError(f"its columns are {rows[0] if rows else []}, not {list(columns)}")
+    if any(len(r) != len(columns) for r in rows[1:]): raise ValueError("some rows are incomplete")
+    return pd.read_csv(io.StringIO(text))
+
+# %% ../nbs/08_experiments.ipynb #0e7c3a5f
+_STALE_AFTER = 600 # seconds: temporary files and staging folders untouched for longer are left-overs of interrupted runs
+_TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$") # `atomic_path`'s names: .{stem}.XXXXXXXX{suffix}
+
+# %% ../nbs/08_experiments.ipynb #2b8e4d6a
+def clean_temp_files(
+    folder:Path, # a cache folder
+    max_age:float|None=None, # seconds since the last write (default `_STALE_AFTER`)
+)->list: # the files removed
+    "Remove the temporary files of interrupted atomic writes in `folder` that nobody has written to for `max_age` seconds."
+    folder, max_age = Path(folder), _STALE_AFTER if max_age is None else max_age
+    if not folder.is_dir(): return []
+    now, removed = time.time(), []
+    for p in folder.iterdir():
+        if _TEMP_FILE.match(p.name) and p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > max_age:
+            p.unlink(missing_ok=True); removed.append(p)
+    if removed: _logger.info("removed %d temporary file(s) left by interrupted writes in %s", len(removed), folder)
+    return removed
+
 # %% ../nbs/08_experiments.ipynb #33ddf9bf
 def load_dataset(
     exp:Experiment, # the experiment
-    cache:Path, # the cache folder
+    cache:Path, # the cache folder (simulations, TCGA downloads)
     quiet:bool|None=None, # progress bars
 )->ExprData:
     "The experiment's data: simulated (and cached as `.h5ad`), downloaded TCGA, or read from the user's file."
+    cache = Path(cache)
     if exp.kind == "simulation":
         from igtcga.simulation import simulate
         path = cache/"data"/f"{exp.dataset}_n{exp.n_samples or 'paper'}_seed{exp.data_seed}.h5ad"
-        if path.exists(): return ExprData.read(path)
+        clean_temp_files(path.parent)
+        data = load_cached(path, ExprData.read, "cached simulated dataset")
+        if data is not None: return data
         data = simulate(exp.dataset, n_samples=exp.n_samples, seed=exp.data_seed, quiet=quiet)
         data.write(path, compression=None)
         return data
     if exp.kind == "tcga":
         from igtcga.tcga import load_tcga
-        return load_tcga(exp.dataset, quiet=quiet)
-    return read_expression(exp.dataset, sample_sheet=exp.labels, label_column=exp.label_column)
+        (cache/"tcga").mkdir(parents=True, exist_ok=True)
+        return load_tcga(exp.dataset, folder=cache/"tcga", quiet=quiet)
+    return read_expression(exp.dataset, sample_sheet=exp.labels, label_column=exp.label_column, sample_column=exp.sample_column,
+                           orientation=exp.orientation, sep=exp.sep)
 
-# %% ../nbs/08_experiments.ipynb #42e7f8fb
-def make_split(exp:Experiment, data:ExprData):
-    "The paper's seed-43 split, or a stratified one (recorded with every result)."
-    return paper_split(data.n_samples) if exp.split == "paper" else stratified_split(data.y, seed=exp.data_seed)
+# %% ../nbs/08_experiments.ipynb #0a7e9c3d
+_STEP_WORDS = {"Log2p": "log2(x + 1)", "Standardize": "standardised per gene", "Center": "centred per gene",
+               "CPM": "counts per million", "UndoLog2": "2^x − 1", "Identity": "none"}
+
+def describe_transform(t)->str:
+    "A transform in words, steps in order: 'log2(x + 1) → standardised per gene'."
+    steps = getattr(t, "steps", [t])
+    return " → ".join(_STEP_WORDS.get(type(s).__name__, type(s).__name__) for s in steps)
 
 # %% ../nbs/08_experiments.ipynb #6dc8915f
-def make_transform(exp:Experiment):
-    "The unfitted input transform of the dataset (protocol §4); for your own files, log2(x+1) then standardise."
-    return transform_for(dataset_info(exp.dataset).transform if exp.kind == "file" else exp.dataset)
+def make_transform(
+    exp:Experiment, # the experiment
+    data:ExprData, # the whole dataset, as read
+    split, # the split: for your own file, `choose_transform` looks at the training samples only
+)->tuple: # (the unfitted input transform, why it was chosen, for the report)
+    "The input transform of the dataset: the preset's recipe (protocol §4), or for your own file `choose_transform` on the training samples."
+    if exp.kind == "file": return choose_transform(data.subset(split.train), exp.transform)
+    t = transform_for(exp.dataset)
+    return t, f"{describe_transform(t)}: the {exp.dataset} recipe (protocol §4)"
 
 # %% ../nbs/08_experiments.ipynb #e03471e6
 def model_factory(name:str, data:ExprData, graph=None):
@@ -116,9 +333,38 @@ def model_factory(name:str, data:ExprData, graph=None):
         return lambda: build_model(name, diffusion=graph.diffusion, n_classes=data.n_classes)
     return lambda: build_model(name, n_genes=data.n_genes, n_classes=data.n_classes)
 
+# %% ../nbs/08_experiments.ipynb #1f6b8d2e
+def _graph_file(data:ExprData, split, transform, threshold:float, folder:Path)->Path:
+    "Where `gene_graph` caches the graph of these (transformed) training samples: the key it computes."
+    import copy
+    from igtcga.graph import _train_rows, graph_key
+    X = data.X[_train_rows(split, data.n_samples)]
+    if transform is not None: X = np.asarray(copy.deepcopy(transform).fit(X).transform(X))
+    return Path(folder)/f"pearson_{float(threshold):g}_{graph_key(X, threshold)}.npz"
+
+def correlation_graph_for(
+    exp:Experiment, # the experiment (graph threshold, device)
+    data:ExprData, # the whole dataset
+    split, # the split (the graph uses the training samples)
+    transform, # the unfitted input transform
+    cache:Path, # the cache folder: the graph is kept in `cache/graphs`
+    quiet:bool|None=None,
+):
+    "`gene_graph` cached under `cache/graphs`; a damaged cached graph is named, deleted and computed again."
+    import scipy.sparse as sp
+    from igtcga.graph import gene_graph
+    folder = Path(cache)/"graphs"
+    clean_temp_files(folder)
+    build = lambda: gene_graph(data, split, transform, threshold=exp.graph_threshold, cache=folder, device=exp.device, quiet=quiet)
+    try: return build()
+    except Exception:
+        path = _graph_file(data, split, transform, exp.graph_threshold, folder)
+        if not path.exists() or load_cached(path, sp.load_npz, "cached graph") is not None: raise  # not the cached file's fault
+        return build()
+
 # %% ../nbs/08_experiments.ipynb #6ccec98a
 def studied_test(
-    exp:Experiment, # the experiment (its studied classes)
+    exp:Experiment, # the experiment (its studied classes, as indices)
     result, # a `TrainResult` (its split)
     data:ExprData, # the whole dataset
 )->tuple: # (studied classes, the test samples of those classes in split order)
@@ -136,18 +382,24 @@ def explained_test(
     data:ExprData, # the whole dataset
     path:Path|None=None, # cache file of the attributions (written without the model inputs, which are re-attached)
     quiet:bool|None=None,
+    inputs:bool=True, # attach the model inputs (False: the scores are enough, e.g. for a ranking)
 ):
-    "The IG `Attributions` of the run's studied test samples, computed once and cached."
+    "The IG `Attributions` of the run's studied test samples, computed once and cached; a damaged cache file is recomputed."
     from igtcga.attribution import Attributions, explain
     _, test = studied_test(exp, result, data)
-    if path is not None and path.exists():
-        att = Attributions.load(path)
-        if att.sample_ids != list(test.samples): raise ValueError(f"{path} holds other samples than this run's test set: delete it")
-        return att.with_inputs(result.transform.transform(test.X) if result.transform is not None else test.X)
-    att = explain(result, test, baseline=exp.baseline, reference=data.subset(result.train_idx), n_steps=exp.n_steps,
-                  tol=exp.tol, device=exp.device, quiet=quiet)
-    if path is not None: att.save(path, inputs=False)
-    return att
+    def load(p):
+        att = Attributions.load(p)
+        if att.sample_ids != list(test.samples) or att.scores.shape != (len(test), data.n_genes):
+            raise ValueError("it holds other samples than this run's test set")
+        return att
+    att = None if path is None else load_cached(path, load, "cached attributions")
+    if att is None:
+        att = explain(result, test, baseline=exp.baseline, reference=data.subset(result.train_idx), n_steps=exp.n_steps,
+                      tol=exp.tol, device=exp.device, quiet=quiet)
+        if path is not None: att.save(path, inputs=False)
+        return att
+    if not inputs: return att
+    return att.with_inputs(result.transform.transform(test.X) if result.transform is not None else test.X)
 
 # %% ../nbs/08_experiments.ipynb #4b747e76
 def evaluate_run(
@@ -168,6 +420,9 @@ def evaluate_run(
     return out
 
 # %% ../nbs/08_experiments.ipynb #ac84cddf
+STABILITY_COLUMNS = ["k", "overlap_mean", "overlap_std", "jaccard_mean"]
+CURVE_COLUMNS = ["curve", "k", "n_kept", "balanced_accuracy", "balanced_accuracy_std"]
+
 def stability_and_curves(
     exp:Experiment, # the experiment
     results:list, # the `TrainResult`s of one model, one per seed
@@ -175,26 +430,32 @@ def stability_and_curves(
     attribution_paths:list, # each run's cached attributions (written by `evaluate_run`)
     n_random:int=10, # random gene draws per k for the random curves
     n_points:int=30, # numbers of genes kept, log-spaced from 1 to all genes
-)->tuple: # (stability: k, overlap and Jaccard (%) over pairs of runs; curves of the first run)
+    quiet:bool|None=None, # progress bars (when attributions have to be recomputed)
+)->tuple: # (stability: k, overlap and Jaccard (%) over pairs of runs; curves of the first run with a ranking)
     "Top-k agreement of the gene rankings across retrainings, and balanced accuracy against the number of genes kept."
-    from igtcga.attribution import Attributions
     from igtcga.metrics import accuracy_curves, gene_scores, ranking_stability
-    rankings = []
-    for p in attribution_paths:  # one run's attributions in memory at a time (10 × 240 MB for SIMU1)
-        a = Attributions.load(p)
-        rankings.append(gene_scores(a.scores, a.labels, "balanced_abs", correct=a.correct))
-    columns = ["k", "overlap_mean", "overlap_std", "jaccard_mean"]
+    rankings, ranked = [], []
+    for r, (res, p) in enumerate(zip(results, attribution_paths)):  # one run's attributions in memory at a time (10 × 240 MB for SIMU1)
+        a = explained_test(exp, res, data, p, quiet, inputs=False)
+        if not a.correct.any(): continue
+        rankings.append(gene_scores(a.scores, a.labels, "balanced_abs", correct=a.correct)); ranked.append(r)
+    if len(ranked) < len(results):
+        left = [r + 1 for r in range(len(results)) if r not in ranked]
+        _logger.warning("%s: run(s) %s classify no studied test sample correctly, so they rank no gene and are left out of the "
+                        "stability table and the curves", exp.dataset, left)
     if len(rankings) > 1:
         stability = ranking_stability(np.stack(rankings)).groupby("k").agg(
             overlap_mean=("overlap", "mean"), overlap_std=("overlap", "std"), jaccard_mean=("jaccard", "mean")).reset_index()
-    else: stability = pd.DataFrame(columns=columns)
-    att = explained_test(exp, results[0], data, attribution_paths[0])  # the first run's attributions, with their inputs
+    else: stability = pd.DataFrame(columns=STABILITY_COLUMNS)
+    if not ranked: return stability[STABILITY_COLUMNS], pd.DataFrame(columns=CURVE_COLUMNS)
+    first = ranked[0]
+    att = explained_test(exp, results[first], data, attribution_paths[first], quiet)  # with the model inputs
     ks = np.unique(np.geomspace(1, data.n_genes, n_points).astype(np.int64))  # a log grid: the study's linear one costs 20× more
-    table = accuracy_curves(results[0].model, att, k_class=ks, k_global=ks, n_random=n_random)
+    table = accuracy_curves(results[first].model, att, k_class=ks, k_global=ks, n_random=n_random)
     curves = table.groupby(["curve", "k"], sort=False).agg(
         n_kept=("n_kept", "mean"), balanced_accuracy=("balanced_accuracy", "mean"),
         balanced_accuracy_std=("balanced_accuracy", "std")).reset_index()
-    return stability[columns], curves
+    return stability[STABILITY_COLUMNS], curves[CURVE_COLUMNS]
 
 # %% ../nbs/08_experiments.ipynb #96b406c2
 RESULT_COLUMNS = ["dataset", "model", "run", "seed", "train_acc", "balanced_test_acc", "PGU_local", "PGU_global",
@@ -220,6 +481,26 @@ def markdown_table(df:pd.DataFrame)->str:
     lines = ["| " + " | ".join(r) + " |" for r in cells]
     return "\n".join([lines[0], "|" + "---|" * len(df.columns)] + lines[1:])
 
+# %% ../nbs/08_experiments.ipynb #7d1b3f5a
+def data_markdown(
+    data:ExprData, # the data as read
+    split, # the train/test split
+    transform_note:str, # the input transform and why (from `make_transform`)
+    reading:str|None=None, # what reading the file kept and dropped (`describe_reading`), for your own file
+)->str:
+    "The report's Data section: samples, genes, classes with their indices and counts, split, input transform, what was dropped."
+    esc = lambda s: str(s).replace("|", "\\|")
+    n_train = np.bincount(data.y[np.asarray(split.train, np.int64)], minlength=data.n_classes)
+    rows = "\n".join(f"| {i} | {esc(c)} | {n:,} | {t:,} | {n - t:,} |"
+                     for i, ((c, n), t) in enumerate(zip(data.class_counts().items(), n_train.tolist())))
+    truth = "known (simulated)" if data.truth is not None else "none (real data: the FA columns stay empty)"
+    parts = [f"## Data\n\n{data.n_samples:,} samples × {data.n_genes:,} genes, {data.n_classes} classes; ground truth: {truth}; "
+             f"{split.method} split, {len(split.train):,} training and {len(split.test):,} test samples.",
+             f"| index | class | samples | training | test |\n|---:|---|---:|---:|---:|\n{rows}",
+             f"Input transform: {transform_note}."]
+    if reading: parts.append(reading)
+    return "\n\n".join(parts)
+
 # %% ../nbs/08_experiments.ipynb #cd857284
 def _fmt(mean, std)->str: return "" if pd.isna(mean) else f"{mean:.2f} ± {std:.2f}"
 
@@ -228,16 +509,18 @@ def report_markdown(
     summary:pd.DataFrame, # from `summarise`
     timings:dict, # stage -> seconds
     seeds:list, # training seeds
+    data_section:str|None=None, # what the run was fed (`data_markdown`), placed after the table
 )->str:
-    "The run's report: settings, seeds, the summary table (mean ± std), and wall time per stage."
+    "The run's report: the summary table (mean ± std), the data, the settings, the seeds, and wall time per stage."
     metrics = [c for c in RESULT_COLUMNS[4:] if f"{c}_mean" in summary]
     table = summary[["dataset", "model", "runs"]].copy()
     for m in metrics: table[m] = [_fmt(a, b) for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
     table = table.loc[:, [c for c in table if c in ("dataset", "model", "runs") or (table[c] != "").any()]]
     settings = "\n".join(f"| {k} | {v} |" for k, v in exp.to_dict().items())
     times = "\n".join(f"| {k} | {v:.1f} |" for k, v in timings.items())
+    data = f"{data_section}\n\n" if data_section else ""
     return (f"# igtcga report: {exp.dataset}\n\nAll scores in percent, mean ± population std over {exp.runs} run(s) "
-            f"(training seeds {seeds}).\n\n{markdown_table(table)}\n\n## Settings\n\n| setting | value |\n|---|---|\n"
+            f"(training seeds {seeds}).\n\n{markdown_table(table)}\n\n{data}## Settings\n\n| setting | value |\n|---|---|\n"
             f"{settings}\n\n## Wall time per stage (s)\n\n| stage | seconds |\n|---|---|\n{times}\n")
 
 # %% ../nbs/08_experiments.ipynb #6b395933
@@ -256,90 +539,274 @@ def plot_summary(
     if path is not None: fig.savefig(path, dpi=100)
     return fig
 
-# %% ../nbs/08_experiments.ipynb #7f1978e4
-def run_experiment(
+# %% ../nbs/08_experiments.ipynb #5c1e7a3d
+MANIFEST = ".igtcga-run.json"
+_JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"} # files a file browser drops into any folder: never a reason to refuse it
+
+# %% ../nbs/08_experiments.ipynb #9e3a5c7b
+def _files_under(folder:Path)->list:
+    "The files (and links) under `folder`, as sorted POSIX paths relative to it; links to folders are not followed."
+    found = []
+    for root, dirs, files in os.walk(folder):
+        found += [Path(root, f) for f in files] + [Path(root, d) for d in dirs if Path(root, d).is_symlink()]
+    return sorted(p.relative_to(folder).as_posix() for p in found)
+
+def foreign_file(
+    out:Path, # an existing folder
+)->str|None: # a file igtcga did not write, or None
+    "A file in `out` that igtcga did not write: any file when there is no readable manifest, else one the manifest does not list."
+    files = [f for f in _files_under(out) if Path(f).name not in _JUNK]
+    try: listed = set(json.loads((Path(out)/MANIFEST).read_text())["files"]) | {MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError): listed = set()
+    return next((f for f in files if f not in listed), None)
+
+# %% ../nbs/08_experiments.ipynb #3f7b9d1c
+def _writable(folder:Path)->bool:
+    "Whether files can be created in `folder`: permitted for this user, on a writable file system, and not marked read-only for everyone."
+    return os.access(folder, os.W_OK | os.X_OK) and bool(folder.stat().st_mode & 0o222)
+
+def check_out(
+    out:str|Path, # the output folder
+    force:bool=False, # replace it even if it holds files igtcga did not write
+)->Path: # the absolute output folder
+    "Refuse, before any work, an output folder that cannot be written as a whole or that holds files igtcga did not write."
+    out = Path(os.path.abspath(Path(out).expanduser()))
+    if out.is_symlink(): out = out.resolve()
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ValueError(f"the output folder {out} is the current folder or holds it; give a folder of its own, e.g. --out results")
+    if out.exists() and not out.is_dir(): raise ValueError(f"the output folder {out} is a file; give a folder with --out")
+    parent = out.parent
+    while not parent.exists(): parent = parent.parent
+    if not parent.is_dir(): raise ValueError(f"the output folder {out} cannot be made: {parent} is a file; give another --out")
+    for folder in ([out] if out.exists() else []) + [parent]:
+        if not _writable(folder): raise ValueError(f"the output folder {out} cannot be written: {folder} is read-only; "
+                                                   "make it writable or give another --out")
+    other = foreign_file(out) if out.exists() and not force else None
+    if other: raise ValueError(f"the output folder {out} holds {other}, which igtcga did not write; give another --out, or pass "
+                               "--force (force=True) to replace the folder and everything in it")
+    return out
+
+# %% ../nbs/08_experiments.ipynb #1b5d9f3e
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?:staging|old)-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+def _host()->str: return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+
+def _owner_gone(host:str, pid:int)->bool:
+    "Whether the process that made a staging folder is known to be gone: only knowable on this machine (and not on Windows)."
+    if host != _host() or os.name == "nt": return False
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return True
+    except OSError: return False
+    return False
+
+def clean_stale(
+    out:Path, # the output folder; its left-overs are its siblings
+    max_age:float|None=None, # seconds (default `_STALE_AFTER`)
+)->list: # the folders removed
+    "Remove the staging and set-aside folders of `out` left by interrupted runs: their process is gone, or they are older than `max_age`."
+    out, max_age = Path(out), _STALE_AFTER if max_age is None else max_age
+    removed = []
+    for p in (out.parent.iterdir() if out.parent.is_dir() else []):
+        m = _STAGING.match(p.name)
+        if not m or m["name"] != out.name or p.is_symlink() or not p.is_dir(): continue
+        if _owner_gone(m["host"], int(m["pid"])) or time.time() - p.stat().st_mtime > max_age:
+            shutil.rmtree(p, ignore_errors=True); removed.append(p)
+    if removed: _logger.info("removed %d folder(s) left by interrupted runs next to %s", len(removed), out)
+    return removed
+
+# %% ../nbs/08_experiments.ipynb #4d8f0b2a
+def write_manifest(
+    folder:Path, # a finished output folder
+    experiments:list, # the `Experiment`s whose outputs it holds
+)->Path:
+    "Mark `folder` as igtcga's: `.igtcga-run.json` lists every file in it (sub-folders included) and the settings."
+    files = [f for f in _files_under(folder) if f != MANIFEST]
+    manifest = dict(written_by="igtcga", version=__version__, written=time.strftime("%Y-%m-%dT%H:%M:%S%z"), files=files,
+                    experiments=[e.to_dict() for e in experiments])
+    with atomic_write(Path(folder)/MANIFEST, "w") as f: json.dump(manifest, f, indent=1, default=str)
+    return Path(folder)/MANIFEST
+
+def write_folder(
+    out:str|Path, # the output folder, replaced as a whole
+    write, # `write(folder)` writes every output file into `folder`
+    experiments:list, # the `Experiment`s, for the manifest
+    force:bool=False, # replace `out` even if it holds files igtcga did not write
+)->Path:
+    "Write the outputs into a staging folder next to `out`, mark it with a manifest, then move it into place in one rename."
+    out = check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    tag = f"{_host()}-{os.getpid()}-"
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{tag}", dir=out.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes a private folder; give the usual permissions
+        write(staging)
+        write_manifest(staging, experiments)
+        check_out(out, force)  # again: a file may have appeared in `out` while the run went on
+        if out.exists():
+            old = out.parent/f".{out.name}.old-{tag}{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+            os.rename(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else: os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+# %% ../nbs/08_experiments.ipynb #0c4a8e2b
+def compute_experiment(
     exp:Experiment, # what to run
-    out:str|Path="igtcga-results", # folder for results.csv, summary.csv, report.md and figures
-    cache:str|Path|None=None, # cache folder (default: `cache_dir()`)
+    cache:Path, # the cache folder: everything computed is kept under it
     quiet:bool|None=None, # progress bars
-)->pd.DataFrame: # the results table (also written to `out/results.csv`)
-    "Run `exp` end to end, reusing every cached step, and write the results, summary, report and figures."
-    from igtcga.training import train_runs
-    out, cache = Path(out), Path(cache) if cache is not None else cache_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    timings, t = {}, time.perf_counter()
+)->SimpleNamespace: # exp (classes resolved), results, summary, stability, curves, report
+    "Run `exp` through the cache (data, checks, graph, training, attributions, metrics, stability) and return its tables and report."
+    from igtcga.training import load_checkpoint, train_runs
+    cache, timings, t = Path(cache), {}, time.perf_counter()
     def lap(stage):
         nonlocal t
         now = time.perf_counter(); timings[stage] = timings.get(stage, 0.0) + now - t; t = now
-    data = load_dataset(exp, cache, quiet); lap("data")
-    split, transform = make_split(exp, data), make_transform(exp)
-    data_key = step_key(exp.dataset, exp.n_samples, exp.data_seed, exp.labels, exp.label_column, data.shape, exp.split,
-                        split.test[:50].tolist())
+    data = load_dataset(exp, cache, quiet)
+    label = exp.dataset if exp.kind != "file" else Path(exp.dataset).name
+    plan = check_plan(exp, data.y, data.classes, data.n_genes, label)
+    exp = dataclasses.replace(exp, studied_classes=plan["studied"], baseline=plan["baseline"]); lap("data")
+    split = make_split(exp, data.y)
+    transform, transform_note = make_transform(exp, data, split)
+    key = data_key(data, split, transform)
     graph = None
     if any(m.startswith("Diffuse") for m in exp.models) or data.truth is not None:
-        from igtcga.graph import gene_graph
-        graph = gene_graph(data, split, transform, threshold=exp.graph_threshold, device=exp.device, quiet=quiet)
+        graph = correlation_graph_for(exp, data, split, transform, cache, quiet)
     lap("graph")
     seeds, rows, stability_tables, curve_tables = list(range(1, exp.runs + 1)), [], [], []
     eval_key = step_key(exp.baseline, exp.studied_classes, exp.n_steps, exp.tol)
     metric_key = step_key(eval_key, exp.gap, exp.n_random, exp.graph_threshold)
     for name in exp.models:
-        run_dir = cache/"runs"/f"{exp.dataset if exp.kind != 'file' else Path(exp.dataset).stem}-{data_key}"/f"{name}-e{exp.epochs}{'' if exp.shuffle else '-fixed'}"
+        run_dir = cache/"runs"/f"{exp.dataset if exp.kind != 'file' else Path(exp.dataset).stem}-{key}"/f"{name}-e{exp.epochs}{'' if exp.shuffle else '-fixed'}"
+        clean_temp_files(run_dir)
+        for r in seeds: load_cached(run_dir/f"run{r:02d}_seed{r}.pt", load_checkpoint, "cached checkpoint")
         results = train_runs(model_factory(name, data, graph), data, split, runs=exp.runs, transform=transform,
                              out_dir=run_dir, epochs=exp.epochs, shuffle=exp.shuffle, device=exp.device, quiet=quiet)
         lap("train")
-        ig_paths = [run_dir/f"run{r:02d}_ig_{eval_key}.npz" for r in range(1, exp.runs + 1)]
+        ig_paths = [run_dir/f"run{r:02d}_ig_{eval_key}.npz" for r in seeds]
         for r, res in enumerate(progress(results, desc=f"explain+evaluate {name}", quiet=quiet), start=1):
             metrics_path = run_dir/f"run{r:02d}_metrics_{metric_key}.json"
-            if metrics_path.exists(): m = json.loads(metrics_path.read_text())
-            else:
+            m = load_cached(metrics_path, read_metrics, "cached metrics")
+            if m is None:
                 m = evaluate_run(exp, res, data, graph, ig_paths[r - 1], quiet)
                 with atomic_write(metrics_path, "w") as f: json.dump(m, f)
-            rows.append(dict(dataset=exp.dataset if exp.kind != "file" else Path(exp.dataset).name, model=name, run=r,
-                             seed=res.seed, train_acc=res.train_acc, balanced_test_acc=res.balanced_test_acc, **m))
+            rows.append(dict(dataset=label, model=name, run=r, seed=res.seed, train_acc=res.train_acc,
+                             balanced_test_acc=res.balanced_test_acc, **m))
         lap("explain+evaluate")
-        cached = [run_dir/f"{k}_{metric_key}_r{exp.runs}.csv" for k in ("stability", "curves")]
-        if not all(p.exists() for p in cached):
-            for p, table in zip(cached, stability_and_curves(exp, results, data, ig_paths)):
+        paths = [run_dir/f"{k}_{metric_key}_r{exp.runs}.csv" for k in ("stability", "curves")]
+        read = lambda: [load_cached(p, lambda p, c=c: read_table(p, c), f"cached {k} table")
+                        for p, c, k in zip(paths, (STABILITY_COLUMNS, CURVE_COLUMNS), ("stability", "curves"))]
+        tables = read()
+        if any(t is None for t in tables):
+            for p, table in zip(paths, stability_and_curves(exp, results, data, ig_paths, quiet=quiet)):
                 with atomic_write(p, "w") as f: table.to_csv(f, index=False, float_format="%.4f")
-        label = dict(dataset=rows[-1]["dataset"], model=name)
-        stability_tables.append(pd.read_csv(cached[0]).assign(**label)); curve_tables.append(pd.read_csv(cached[1]).assign(**label))
+            tables = read()  # the tables as cached (4 decimals), the same on every later run
+        stability_tables.append(tables[0].assign(dataset=label, model=name)); curve_tables.append(tables[1].assign(dataset=label, model=name))
         lap("stability+curves")
     results = pd.DataFrame(rows)
     for c in RESULT_COLUMNS:
         if c not in results: results[c] = np.nan
     results = results[RESULT_COLUMNS + [c for c in results if c not in RESULT_COLUMNS]]
     summary = summarise(results)
-    import matplotlib.pyplot as plt  # headless machines get matplotlib's Agg backend by default
-    plt.close(plot_summary(results, out/"summary.png"))
     lap("report")
-    with atomic_write(out/"results.csv", "w") as f: results.to_csv(f, index=False, float_format="%.4f")
-    with atomic_write(out/"summary.csv", "w") as f: summary.to_csv(f, index=False, float_format="%.4f")
-    for name, tables in (("stability", stability_tables), ("curves", curve_tables)):
-        table = pd.concat(tables, ignore_index=True)
-        with atomic_write(out/f"{name}.csv", "w") as f: table[["dataset", "model"] + list(table.columns[:-2])].to_csv(f, index=False, float_format="%.4f")
-    with atomic_write(out/"report.md", "w") as f: f.write(report_markdown(exp, summary, timings, seeds))
-    return results
+    tidy = lambda tables: (lambda t: t[["dataset", "model"] + list(t.columns[:-2])])(pd.concat(tables, ignore_index=True))
+    section = data_markdown(data, split, transform_note, describe_reading(data) if exp.kind == "file" else None)
+    return SimpleNamespace(exp=exp, results=results, summary=summary, stability=tidy(stability_tables), curves=tidy(curve_tables),
+                           report=report_markdown(exp, summary, timings, seeds, section))
+
+# %% ../nbs/08_experiments.ipynb #2e6a0c4d
+def _write_run(folder:Path, run:SimpleNamespace)->None:
+    "One experiment's files: summary.png, results.csv, summary.csv, stability.csv, curves.csv and report.md."
+    import matplotlib.pyplot as plt  # headless machines get matplotlib's Agg backend by default
+    plt.close(plot_summary(run.results, folder/"summary.png"))
+    with atomic_write(folder/"results.csv", "w") as f: run.results.to_csv(f, index=False, float_format="%.4f")
+    with atomic_write(folder/"summary.csv", "w") as f: run.summary.to_csv(f, index=False, float_format="%.4f")
+    for name in ("stability", "curves"):
+        with atomic_write(folder/f"{name}.csv", "w") as f: getattr(run, name).to_csv(f, index=False, float_format="%.4f")
+    with atomic_write(folder/"report.md", "w") as f: f.write(run.report)
+
+# %% ../nbs/08_experiments.ipynb #7f1978e4
+def run_experiment(
+    exp:Experiment, # what to run
+    out:str|Path="igtcga-results", # folder for results.csv, summary.csv, report.md and figures (replaced as a whole)
+    cache:str|Path|None=None, # cache folder (default: `cache_dir()`); everything computed is kept under it
+    quiet:bool|None=None, # progress bars
+    force:bool=False, # replace `out` even if it holds files igtcga did not write
+)->pd.DataFrame: # the results table (also written to `out/results.csv`)
+    "Run `exp` end to end, reusing every cached step, and write the results, summary, report and figures to `out` as a whole."
+    out = check_out(out, force)
+    cache = Path(cache) if cache is not None else cache_dir()
+    run = compute_experiment(exp, cache, quiet)
+    write_folder(out, lambda d: _write_run(d, run), [run.exp], force)
+    return run.results
 
 # %% ../nbs/08_experiments.ipynb #a2c27e9e
 def run_datasets(
     experiments:list, # `Experiment`s, one per dataset
-    out:str|Path="igtcga-results", # each dataset in `out/<dataset>/`, the combined tables in `out/`
+    out:str|Path="igtcga-results", # each dataset in `out/<dataset>/`, the combined tables in `out/` (replaced as a whole)
     cache:str|Path|None=None, # cache folder (default: `cache_dir()`)
     quiet:bool|None=None, # progress bars
+    force:bool=False, # replace `out` even if it holds files igtcga did not write
 )->pd.DataFrame: # the combined results table
-    "Run each experiment into its own subfolder of `out`, then write the combined results, summary and report."
-    out = Path(out)
+    "Run each experiment, then write one folder: a sub-folder per dataset, and the combined results, summary and report."
     names = [e.dataset if e.kind != "file" else Path(e.dataset).name.split(".")[0] for e in experiments]
     if len(set(names)) != len(names): raise ValueError(f"each dataset can appear once, got {names}")
-    tables = [run_experiment(e, out/n, cache, quiet) for e, n in zip(experiments, names)]
-    results = pd.concat(tables, ignore_index=True)
-    with atomic_write(out/"results.csv", "w") as f: results.to_csv(f, index=False, float_format="%.4f")
-    with atomic_write(out/"summary.csv", "w") as f: summarise(results).to_csv(f, index=False, float_format="%.4f")
-    for name in ("stability", "curves"):
-        with atomic_write(out/f"{name}.csv", "w") as f: pd.concat([pd.read_csv(out/n/f"{name}.csv") for n in names]).to_csv(f, index=False)
-    with atomic_write(out/"report.md", "w") as f: f.write("\n\n".join((out/n/"report.md").read_text() for n in names))
+    out = check_out(out, force)
+    cache = Path(cache) if cache is not None else cache_dir()
+    runs = [compute_experiment(e, cache, quiet) for e in experiments]
+    results = pd.concat([r.results for r in runs], ignore_index=True)
+    def write(d):
+        for n, r in zip(names, runs):
+            (d/n).mkdir(); _write_run(d/n, r); write_manifest(d/n, [r.exp])
+        with atomic_write(d/"results.csv", "w") as f: results.to_csv(f, index=False, float_format="%.4f")
+        with atomic_write(d/"summary.csv", "w") as f: summarise(results).to_csv(f, index=False, float_format="%.4f")
+        for name in ("stability", "curves"):
+            with atomic_write(d/f"{name}.csv", "w") as f: pd.concat([pd.read_csv(d/n/f"{name}.csv") for n in names]).to_csv(f, index=False)
+        with atomic_write(d/"report.md", "w") as f: f.write("\n\n".join(r.report for r in runs))
+    write_folder(out, write, [r.exp for r in runs], force)
     return results
+
+# %% ../nbs/08_experiments.ipynb #4e0a2c6f
+def one_line(e:BaseException)->str:
+    "An exception's message on one line (a KeyError's without its quotes)."
+    msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    return " ".join(str(msg).split()) or type(e).__name__
+
+def _cli_log_handler(prog:str)->logging.Handler:
+    "igtcga's warnings as `prog: warning: ...` lines on stderr."
+    h = logging.StreamHandler(sys.stderr)
+    h.setLevel(logging.WARNING)
+    h.setFormatter(logging.Formatter(f"{prog}: warning: %(message)s"))
+    return h
+
+# %% ../nbs/08_experiments.ipynb #6f2b4d8a
+def _reproduce(dataset, models, runs, n_samples, seed, out, labels, label_column, sample_column, orientation, sep, transform,
+               baseline, studied, gap, n_steps, epochs, fixed_order, paper, device, force, quiet):
+    "The body of `igtcga-reproduce`: build and check every experiment, then run them and print the report."
+    kw = dict(models=models, data_seed=seed, labels=labels, label_column=label_column, sample_column=sample_column,
+              orientation=orientation, sep={"\\t": "\t", "tab": "\t"}.get(sep, sep), transform=transform, baseline=baseline,
+              studied_classes=studied, gap=gap, epochs=epochs, shuffle=not fixed_order, device=device)
+    if runs is not None: kw["runs"] = runs
+    if n_steps is not None: kw["n_steps"] = n_steps
+    names = [dataset] if Path(dataset).exists() else [d.strip() for d in dataset.split(",") if d.strip()]
+    if not names: raise ValueError("--dataset is empty: give a preset (SIMU1, SimuA, ...) or the path of your matrix")
+    if n_samples is not None:
+        other = [d for d in names if dataset_info(d).kind != "simulation"]
+        if other: raise ValueError(f"--n-samples applies to the simulations only, not to {other[0]}")
+        kw["n_samples"] = n_samples
+    exps = [Experiment.paper(d, **kw) if paper else Experiment.small(d, **kw) for d in names]  # every setting checked first
+    check_out(out, force)
+    for exp in exps: print(f"igtcga-reproduce: {exp.dataset}, models {', '.join(exp.models)}, {exp.runs} run(s)")
+    q = True if quiet else None
+    if len(exps) == 1: run_experiment(exps[0], out, quiet=q, force=force)
+    else: run_datasets(exps, out, quiet=q, force=force)
+    print(f"output in {out}/\n")
+    print((Path(out)/"report.md").read_text())
 
 # %% ../nbs/08_experiments.ipynb #e9a6e6b8
 @call_parse
@@ -349,26 +816,37 @@ def reproduce_cli(
     runs:int=None, # retrainings (seeds 1..runs); default 3, or 10 with --paper
     n_samples:int=None, # simulations: number of samples (default: small, or the paper's size with --paper)
     seed:int=0, # seed of the simulated dataset (and of the stratified split)
-    out:str="igtcga-results", # output folder (several datasets: one subfolder each, plus the combined tables)
+    out:str="igtcga-results", # output folder, replaced as a whole (several datasets: one subfolder each, plus the combined tables)
     labels:str=None, # your own matrix: sample sheet (CSV/TSV) with the labels
     label_column:str="class", # column of the sample sheet (or of obs in .h5ad) holding the labels
+    sample_column:str=None, # your own matrix: column of the sample sheet holding the sample ids (default: its first column)
+    orientation:str="auto", # your own matrix: auto (from the sample ids), genes_x_samples or samples_x_genes
+    sep:str=None, # your own matrix: field separator (default: from the file name, else sniffed); \t or tab for a tab
+    transform:str="auto", # your own matrix: auto (decided from the values), log2, cpm-log2, standardize or none
+    baseline:str=None, # IG baseline: zero, train_mean or class_mean:CLASS (default: the study's choice for the dataset)
+    studied:str=None, # classes explained and evaluated, comma-separated names or indices (default: the study's choice)
+    gap:int=10, # genes replaced per prediction-gap step
     n_steps:int=None, # IG steps (default 3000)
     epochs:int=25, # training epochs
     fixed_order:store_true=False, # train with the original's fixed batch order instead of reshuffling every epoch
     paper:store_true=False, # the study's full protocol (paper sample size, 10 seeds)
     device:str="auto", # auto, cpu or cuda
+    force:store_true=False, # replace --out even if it holds files igtcga did not write
     quiet:store_true=False, # no progress bars
+    debug:store_true=False, # on an error, show the full traceback instead of one line
 ):
     "Run the study end to end and write results.csv, summary.csv, report.md and figures to --out."
-    kw = dict(models=models, data_seed=seed, labels=labels, label_column=label_column, epochs=epochs, shuffle=not fixed_order,
-              device=device)
-    if runs is not None: kw["runs"] = runs
-    if n_samples is not None: kw["n_samples"] = n_samples
-    if n_steps is not None: kw["n_steps"] = n_steps
-    names = [dataset] if Path(dataset).exists() else [d.strip() for d in dataset.split(",") if d.strip()]
-    exps = [Experiment.paper(d, **kw) if paper else Experiment.small(d, **kw) for d in names]  # every name checked first
-    for exp in exps: print(f"igtcga-reproduce: {exp.dataset}, models {', '.join(exp.models)}, {exp.runs} run(s)")
-    if len(exps) == 1: run_experiment(exps[0], out, quiet=True if quiet else None)
-    else: run_datasets(exps, out, quiet=True if quiet else None)
-    print(f"output in {out}/\n")
-    print((Path(out)/"report.md").read_text())
+    args = dict(locals())
+    debug = args.pop("debug")
+    handler = _cli_log_handler("igtcga-reproduce")
+    _logger.addHandler(handler)
+    try: return _reproduce(**args)
+    except (ValueError, KeyError, OSError, TypeError) as e:
+        if debug: raise
+        print(f"igtcga-reproduce: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug: raise
+        print("igtcga-reproduce: interrupted; run the same command again to resume from the cache", file=sys.stderr)
+        return 130
+    finally: _logger.removeHandler(handler)

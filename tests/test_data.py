@@ -152,7 +152,7 @@ GOOD = "gene,s1,s2,s3,s4\nA,1,2,3,4\nB,5,6,7,8\n"
     (GOOD, "sample,diagnosis\ns1,x\n", {}, KeyError, r"label column 'label' is not in the sample sheet"),
     (GOOD, SHEET, {"sample_column": "id"}, KeyError, r"sample column 'id' is not in the sample sheet"),
     (GOOD, SHEET, {"orientation": "wide"}, ValueError, r"orientation must be one of"),
-    ("gene,s1,s2\ns1,1,2\ns2,3,4\n", SHEET, {}, ValueError, r"as many sample ids match the rows as the columns"),
+    ("gene,s1,s2\ns1,1,2\ns2,3,4\n", SHEET, {}, ValueError, r"cannot tell which side holds the samples: .*; pass orientation='genes_x_samples'"),
     ("gene\nA\nB\n", SHEET, {}, ValueError, r"the first line has 1 field"),
 ])
 def test_each_bad_input_has_its_own_error(tmp_path, matrix, sheet, kwargs, error, match):
