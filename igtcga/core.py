@@ -254,6 +254,38 @@ def unit_rows(
     norm = np.linalg.norm(a, axis=1, keepdims=True)
     return np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
 
+# %% ../nbs/00_core.ipynb #67f56cc1
+def one_line(e:BaseException)->str:
+    "An exception's message on one line (a KeyError's without its quotes)."
+    msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    return " ".join(str(msg).split()) or type(e).__name__
+
+# %% ../nbs/00_core.ipynb #57bc650f
+def run_cli(
+    prog:str, # the command's name, at the start of every line it prints
+    fn, # the command's body
+    debug:bool=False, # re-raise errors with their traceback instead of one line
+    interrupted:str="interrupted", # what to say on Ctrl-C
+    **kwargs, # passed to `fn`
+)->int|None: # `fn`'s result; 2 after an error, 130 after Ctrl-C
+    "Run a console script's body: warnings as `prog: warning:` lines, an error as one `prog: error:` line and exit code 2."
+    import logging
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(f"{prog}: warning: %(message)s"))
+    logger = logging.getLogger("igtcga")
+    logger.addHandler(handler)
+    try: return fn(**kwargs)
+    except (ValueError, KeyError, OSError, TypeError) as e:
+        if debug: raise
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug: raise
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+    finally: logger.removeHandler(handler)
+
 # %% ../nbs/00_core.ipynb #c470a245
 def show_figure(
     fig, # a matplotlib figure (closed after display)

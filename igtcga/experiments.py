@@ -16,7 +16,7 @@ import pandas as pd
 from fastcore.script import call_parse, store_true
 
 from . import __version__
-from .core import _umask, atomic_write, cache_dir, check_int, get_device, progress
+from .core import _umask, atomic_write, cache_dir, check_int, get_device, progress, run_cli
 from .data import (DATASETS, TRANSFORM_CHOICES, ExprData, choose_transform, dataset_info, describe_reading, paper_split,
                          read_expression, stratified_split, transform_for)
 from .models import MODELS, build_model
@@ -771,19 +771,6 @@ def run_datasets(
     write_folder(out, write, [r.exp for r in runs], force)
     return results
 
-# %% ../nbs/08_experiments.ipynb #4e0a2c6f
-def one_line(e:BaseException)->str:
-    "An exception's message on one line (a KeyError's without its quotes)."
-    msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-    return " ".join(str(msg).split()) or type(e).__name__
-
-def _cli_log_handler(prog:str)->logging.Handler:
-    "igtcga's warnings as `prog: warning: ...` lines on stderr."
-    h = logging.StreamHandler(sys.stderr)
-    h.setLevel(logging.WARNING)
-    h.setFormatter(logging.Formatter(f"{prog}: warning: %(message)s"))
-    return h
-
 # %% ../nbs/08_experiments.ipynb #6f2b4d8a
 def _reproduce(dataset, models, runs, n_samples, seed, out, labels, label_column, sample_column, orientation, sep, transform,
                baseline, studied, gap, n_steps, epochs, fixed_order, paper, device, force, quiet):
@@ -838,15 +825,4 @@ def reproduce_cli(
     "Run the study end to end and write results.csv, summary.csv, report.md and figures to --out."
     args = dict(locals())
     debug = args.pop("debug")
-    handler = _cli_log_handler("igtcga-reproduce")
-    _logger.addHandler(handler)
-    try: return _reproduce(**args)
-    except (ValueError, KeyError, OSError, TypeError) as e:
-        if debug: raise
-        print(f"igtcga-reproduce: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if debug: raise
-        print("igtcga-reproduce: interrupted; run the same command again to resume from the cache", file=sys.stderr)
-        return 130
-    finally: _logger.removeHandler(handler)
+    return run_cli("igtcga-reproduce", _reproduce, debug, "interrupted; run the same command again to resume from the cache", **args)

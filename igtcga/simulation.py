@@ -15,7 +15,7 @@ import numpy as np
 from scipy import sparse
 from fastcore.script import call_parse, store_true
 
-from .core import check_int, progress
+from .core import check_int, progress, run_cli
 from .data import ExprData
 
 # %% auto #0
@@ -487,6 +487,18 @@ def simulate(
                     subclass=generated if params.has_subclasses else None, subclasses=subclasses,
                     samples=[f"S{i}" for i in range(n)], meta={"simulation": sim})
 
+# %% ../nbs/01_simulation.ipynb #d2f012ab
+def _simulate_to_file(preset, n_samples, seed, out, noise, n_jobs, quiet):
+    "The body of `igtcga-simulate`: every argument is checked before the simulation starts."
+    params = _resolve(preset)
+    if noise: params = dataclasses.replace(params, noise=noise)
+    out = Path(out) if out else Path(f"{params.name}.h5ad")
+    if out.suffix != ".h5ad": raise ValueError(f"--out must end in .h5ad, got {out.name!r}")
+    params.samples_per_class(n_samples)  # bad sizes fail before any work
+    data = simulate(params, n_samples=n_samples, seed=seed, quiet=True if quiet else None, n_jobs=n_jobs)
+    data.write(out)
+    print(f"wrote {out}: {data}")
+
 # %% ../nbs/01_simulation.ipynb #6fc3109a
 @call_parse
 def simulate_cli(
@@ -497,16 +509,12 @@ def simulate_cli(
     noise:float=0.0, # add U(0, NOISE) to the expression values (the original's early commits used 1e-4)
     n_jobs:int=None, # threads (default: available cores, at most 4); the data do not depend on it
     quiet:store_true=False, # no progress bar
+    debug:store_true=False, # on an error, show the full traceback instead of one line
 ):
     "Simulate a dataset of the study (protocol §3) and write it, with its ground truth, as an .h5ad file."
-    params = _resolve(preset)
-    if noise: params = dataclasses.replace(params, noise=noise)
-    out = Path(out) if out else Path(f"{params.name}.h5ad")
-    if out.suffix != ".h5ad": raise ValueError(f"--out must end in .h5ad, got {out.name!r}")
-    params.samples_per_class(n_samples)  # bad sizes fail before any work
-    data = simulate(params, n_samples=n_samples, seed=seed, quiet=True if quiet else None, n_jobs=n_jobs)
-    data.write(out)
-    print(f"wrote {out}: {data}")
+    return run_cli("igtcga-simulate", _simulate_to_file, debug, preset=preset, n_samples=n_samples, seed=seed, out=out,
+                   noise=noise, n_jobs=n_jobs, quiet=quiet)
+
 
 # %% ../nbs/01_simulation.ipynb #b1869f58
 def _sample_chunked(theta, structure, n_reads):

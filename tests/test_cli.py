@@ -171,3 +171,18 @@ def test_no_test_points_igtcga_at_a_lasting_cache():
             for v in values:
                 src = ast.unparse(v)
                 assert src in ("True", "False", "None", "cache") or "tmp" in src, f"{path.name}: a cache that is not temporary: {src}"
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["SIMU9"], "unknown preset 'SIMU9'"),
+    (["SimuA", "--out", "x.csv"], "--out must end in .h5ad, got 'x.csv'"),
+    (["SimuA", "--n-samples", "0"], "n_samples"),
+])
+def test_igtcga_simulate_errors_are_one_line_too(tmp_path, args, phrase):
+    exe = shutil.which("igtcga-simulate")
+    assert exe, "the igtcga-simulate console script is not installed (pip install -e .)"
+    done = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("igtcga-simulate: error: "), done.stderr[-2000:]
+    assert phrase in lines[0], lines[0]
+    assert not list(tmp_path.iterdir()), "nothing is written after an error"

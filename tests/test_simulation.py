@@ -363,4 +363,5 @@ def test_cli_in_process_and_as_console_script(tmp_path):
     assert int(back.meta["simulation"]["seed"]) == 4
     bad = subprocess.run(script + ["SIMU7", "--out", str(tmp_path / "c.h5ad")], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown preset 'SIMU7'" in bad.stderr
-    with pytest.raises(ValueError, match="must end in .h5ad"): simulate_cli("SIMU1", n_samples=33, out=str(tmp_path / "x.csv"))
+    assert simulate_cli("SIMU1", n_samples=33, out=str(tmp_path / "x.csv")) == 2  # one line on stderr, exit code 2
+    with pytest.raises(ValueError, match="must end in .h5ad"): simulate_cli("SIMU1", n_samples=33, out=str(tmp_path / "x.csv"), debug=True)
