@@ -334,14 +334,6 @@ def model_factory(name:str, data:ExprData, graph=None):
     return lambda: build_model(name, n_genes=data.n_genes, n_classes=data.n_classes)
 
 # %% ../nbs/08_experiments.ipynb #1f6b8d2e
-def _graph_file(data:ExprData, split, transform, threshold:float, folder:Path)->Path:
-    "Where `gene_graph` caches the graph of these (transformed) training samples: the key it computes."
-    import copy
-    from igtcga.graph import _train_rows, graph_key
-    X = data.X[_train_rows(split, data.n_samples)]
-    if transform is not None: X = np.asarray(copy.deepcopy(transform).fit(X).transform(X))
-    return Path(folder)/f"pearson_{float(threshold):g}_{graph_key(X, threshold)}.npz"
-
 def correlation_graph_for(
     exp:Experiment, # the experiment (graph threshold, device)
     data:ExprData, # the whole dataset
@@ -350,17 +342,11 @@ def correlation_graph_for(
     cache:Path, # the cache folder: the graph is kept in `cache/graphs`
     quiet:bool|None=None,
 ):
-    "`gene_graph` cached under `cache/graphs`; a damaged cached graph is named, deleted and computed again."
-    import scipy.sparse as sp
+    "`gene_graph` cached under `cache/graphs` (left-over temporary files of interrupted runs removed first)."
     from igtcga.graph import gene_graph
     folder = Path(cache)/"graphs"
     clean_temp_files(folder)
-    build = lambda: gene_graph(data, split, transform, threshold=exp.graph_threshold, cache=folder, device=exp.device, quiet=quiet)
-    try: return build()
-    except Exception:
-        path = _graph_file(data, split, transform, exp.graph_threshold, folder)
-        if not path.exists() or load_cached(path, sp.load_npz, "cached graph") is not None: raise  # not the cached file's fault
-        return build()
+    return gene_graph(data, split, transform, threshold=exp.graph_threshold, cache=folder, device=exp.device, quiet=quiet)
 
 # %% ../nbs/08_experiments.ipynb #6ccec98a
 def studied_test(

@@ -6,7 +6,7 @@ Docs: https://igtcga.github.io/igtcga/graph.html.md"""
 
 # %% ../nbs/03_graph.ipynb #26ee93fb
 from __future__ import annotations
-import copy, hashlib, warnings
+import copy, hashlib, logging, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,7 +194,12 @@ def cached_correlation_graph(
     if cache is False: return correlation_graph(X, threshold, **kwargs)
     folder = cache_dir("graphs") if cache is True else Path(cache)
     path = folder / f"pearson_{float(threshold):g}_{graph_key(X, threshold)}.npz"
-    if path.exists(): return sp.load_npz(path).tocsr()
+    if path.exists():
+        try: return sp.load_npz(path).tocsr()
+        except Exception as e:  # a damaged cache file (a kill while copying, a full disk) is never an answer
+            logging.getLogger("igtcga").warning("cached graph %s is damaged (%s: %s); deleted, it is recomputed", path,
+                                                type(e).__name__, " ".join(str(e).split())[:200])
+            path.unlink(missing_ok=True)
     A = correlation_graph(X, threshold, **kwargs)
     with atomic_path(path) as tmp: sp.save_npz(tmp, A, compressed=False)
     return A
