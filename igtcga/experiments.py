@@ -43,7 +43,8 @@ class Experiment:
     split:str="auto" # "paper" (seed-43 shuffle, protocol §2.4), "stratified", or "auto" (paper, stratified for your files)
     epochs:int=25 # training epochs (protocol §5.2)
     shuffle:bool=True # reshuffle the batches every epoch (False: the original's fixed batch order)
-    n_steps:int=3000 # IG quadrature nodes (protocol §6.1)
+    n_steps:int=3000 # IG quadrature nodes of the non-exact rules (protocol §6.1: the study's 3000 Gauss–Legendre nodes)
+    quadrature:str="auto" # IG rule: "auto" (exact for igtcga's models), "exact", "gausslegendre" (the study's), or Captum's "riemann_*"
     tol:float=1e-4 # IG completeness tolerance (probability units); steps are doubled until it holds
     baseline:str|None=None # IG baseline: "zero", "train_mean" or "class_mean:<class>"; None: the study's choice for the dataset
     studied_classes:list|None=None # classes explained and evaluated (names or indices); None: the study's choice
@@ -55,6 +56,7 @@ class Experiment:
     orientation:str="auto" # your own matrix: "auto" (from the sample ids), "genes_x_samples" or "samples_x_genes"
     sep:str|None=None # your own matrix: field separator (None: from the file name, else sniffed)
     transform:str="auto" # your own matrix: one of `TRANSFORM_CHOICES` ("auto": decided from the values); presets keep their recipe
+    de:str|None=None # extra differential-expression test beside Welch's t in genes.csv: None or "deseq2" (raw counts only)
 
     def __post_init__(self):
         self.models = tuple(m.strip() for m in (self.models.split(",") if isinstance(self.models, str) else self.models) if m.strip())
@@ -76,6 +78,10 @@ class Experiment:
         _check_baseline(self.baseline)
         self.studied_classes = _as_class_list(self.studied_classes)
         _check_file_options(self)
+        from igtcga.attribution import QUADRATURES
+        if self.quadrature not in QUADRATURES: raise ValueError(f"quadrature must be one of {', '.join(QUADRATURES)}, got {self.quadrature!r}")
+        if self.de in ("none", ""): self.de = None
+        if self.de not in (None, "deseq2"): raise ValueError(f"de must be None (no extra test) or 'deseq2', got {self.de!r}")
         try: get_device(self.device)
         except RuntimeError as e: raise ValueError(str(e)) from None
         if self.kind == "simulation": _check_simulation(self)
@@ -381,7 +387,7 @@ def explained_test(
     att = None if path is None else load_cached(path, load, "cached attributions")
     if att is None:
         att = explain(result, test, baseline=exp.baseline, reference=data.subset(result.train_idx), n_steps=exp.n_steps,
-                      tol=exp.tol, device=exp.device, quiet=quiet)
+                      tol=exp.tol, quadrature=exp.quadrature, device=exp.device, quiet=quiet)
         if path is not None: att.save(path, inputs=False)
         return att
     if not inputs: return att
@@ -443,6 +449,131 @@ def stability_and_curves(
         balanced_accuracy_std=("balanced_accuracy", "std")).reset_index()
     return stability[STABILITY_COLUMNS], curves[CURVE_COLUMNS]
 
+# %% ../nbs/08_experiments.ipynb #4537ffb7
+def class_scores_for(
+    exp:Experiment, # the experiment
+    results:list, # the `TrainResult`s of one model
+    data:ExprData, # the whole dataset
+    attribution_paths:list, # each run's cached attributions
+    path:Path, # cache file of the class scores
+    quiet:bool|None=None,
+)->np.ndarray: # (runs, classes, genes) float32 signed class-level scores, NaN rows for classes a run ranks no sample of
+    "Every retraining's class-level gene scores (`biomarkers.run_class_scores`), computed once from the cached attributions."
+    from igtcga.biomarkers import run_class_scores
+    shape = (len(results), data.n_classes, data.n_genes)
+    def load(p):
+        with np.load(p, allow_pickle=False) as z: S = z["scores"]
+        if S.shape != shape: raise ValueError(f"it holds scores of shape {S.shape}, not {shape}")
+        return S
+    S = load_cached(path, load, "cached class scores")
+    if S is None:
+        S = np.stack([run_class_scores(explained_test(exp, r, data, p, quiet, inputs=False), data.n_classes)
+                      for r, p in zip(results, attribution_paths)]).astype(np.float32)
+        with atomic_write(path, "wb") as f: np.savez(f, scores=S)
+    return S
+
+# %% ../nbs/08_experiments.ipynb #8ccadbe3
+def statistics_for(
+    exp:Experiment, # the experiment (its `de` setting)
+    data:ExprData, # the whole dataset
+    split, # the split: the statistics use the training samples
+    fitted, # the fitted input transform (any run's: they are fitted on the same samples)
+    path:Path, # cache file of the statistics
+)->dict: # `biomarkers.gene_statistics` plus log_scale (how the fold changes' log scale was obtained)
+    "The statistical view of every gene and class on the training samples, computed once per dataset and split."
+    from igtcga.biomarkers import count_matrix, gene_statistics, log_values
+    def load(p):
+        with np.load(p, allow_pickle=False) as z: st = {k: z[k] for k in z.files}
+        if st["t"].shape != (data.n_classes, data.n_genes): raise ValueError("it holds statistics of another shape")
+        return st
+    st = load_cached(path, load, "cached statistics")
+    if st is None:
+        train = np.asarray(split.train, dtype=np.int64)
+        X = fitted.transform(data.X[train]) if fitted is not None else data.X[train]
+        L, how = log_values(data.X[train], fitted)
+        counts = count_matrix(data.subset(train)) if exp.de == "deseq2" else None
+        st = gene_statistics(X, L, data.y[train], data.n_classes, counts, data.classes)
+        st["log_scale"] = np.array(how)
+        with atomic_write(path, "wb") as f: np.savez(f, **st)
+        st = load(path)
+    return st
+
+# %% ../nbs/08_experiments.ipynb #c6acb159
+SANITY_COLUMNS = ["check", "layers", "balanced_accuracy", "spearman_abs", "top10_overlap", "top100_overlap", "chance10", "rows", "verdict"]
+
+def sanity_for(
+    exp:Experiment, # the experiment
+    name:str, # the model's name
+    results:list, # the `TrainResult`s of the model (the first one is checked)
+    data:ExprData, # the whole dataset
+    graph, # the correlation graph (Diffuse* models), or None
+    attribution_path:Path, # the first run's cached attributions
+    path:Path, # cache file of the checks
+    quiet:bool|None=None,
+)->pd.DataFrame:
+    "Parameter-randomisation and label-permutation checks of the first retraining (`biomarkers.sanity_checks`), cached."
+    from igtcga.biomarkers import sanity_checks
+    read = lambda: load_cached(path, lambda p: read_table(p, SANITY_COLUMNS), "cached sanity checks")
+    table = read()
+    if table is None:
+        res = results[0]
+        train = res.train_idx
+        X = res.transform.transform(data.X[train]) if res.transform is not None else data.X[train]
+        att = explained_test(exp, res, data, attribution_path, quiet)
+        out = sanity_checks(res, att, model_factory(name, data, graph), X, data.y[train], epochs=exp.epochs,
+                            device=exp.device, shuffle=exp.shuffle, quiet=quiet)
+        with atomic_write(path, "w") as f: out[SANITY_COLUMNS].to_csv(f, index=False, float_format="%.4f")
+        table = read()
+    return table.assign(layers=table["layers"].fillna(""))
+
+# %% ../nbs/08_experiments.ipynb #9866ac6a
+def _figure_png(fig)->bytes:
+    "A figure as PNG bytes (closed afterwards)."
+    import matplotlib.pyplot as plt  # headless machines get matplotlib's Agg backend by default
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+# %% ../nbs/08_experiments.ipynb #d53ca16f
+FIGURES = {"summary.png": "explanation metrics, split into those where higher and those where lower is better",
+           "heatmap.png": "expression of each class's top genes across the training samples, grouped by class",
+           "rank_vs_rank.png": "rank of every gene in one retraining against its rank in another",
+           "overlap.png": "top-10 and top-100 overlap between retrainings, the consensus and the statistics"}
+
+def biomarker_figures(
+    label:str, # dataset name for the titles
+    results:pd.DataFrame, # the results table
+    per_model:dict, # model -> SimpleNamespace(cons) from the biomarker stage
+    stats:dict, # the statistics
+    X, # training samples in model-input space
+    y, # their classes
+    classes:list, # class names
+    genes:list, # gene names
+    studied:list|None, # studied class indices
+)->dict: # file name -> PNG bytes
+    "The run's figures, rendered in memory (written with the other files)."
+    from igtcga.biomarkers import (plot_expression_heatmap, plot_metric_summary, plot_overlap_heatmap, plot_rank_scatter,
+                                   top_gene_indices)
+    figs = {"summary.png": _figure_png(plot_metric_summary(results, label))}
+    if not per_model: return figs
+    first = next(iter(per_model))
+    picks = top_gene_indices(per_model[first].cons, studied=studied)
+    figs["heatmap.png"] = _figure_png(plot_expression_heatmap(X, y, picks, classes, genes,
+                                      title=f"{label}: top genes of each class ({first} consensus), training samples"))
+    ranks = {m: p.cons["run_ranks"] for m, p in per_model.items() if len(p.cons["run_ranks"]) >= 2}
+    if ranks: figs["rank_vs_rank.png"] = _figure_png(plot_rank_scatter(ranks, title=f"{label}: rank in retraining 1 against retraining 2"))
+    rankings = {}
+    for m, p in per_model.items():
+        for r in range(min(3, len(p.cons["run_ranks"]))): rankings[f"{m} run {r + 1}"] = p.cons["run_ranks"][r]
+        rankings[f"{m} consensus"] = p.cons["rank"]
+    for s, word in (("t", "Welch t"), ("mi", "mutual information"), ("deseq2", "DESeq2")):
+        if f"{s}_rank" in stats: rankings[word] = stats[f"{s}_rank"].astype(np.float64)
+    keep = studied if studied is not None else list(range(len(classes)))
+    rankings = {k: np.asarray(v, dtype=np.float64)[keep] for k, v in rankings.items()}
+    figs["overlap.png"] = _figure_png(plot_overlap_heatmap(rankings, title=f"{label}: agreement of the gene rankings (mean over classes)"))
+    return figs
+
 # %% ../nbs/08_experiments.ipynb #96b406c2
 RESULT_COLUMNS = ["dataset", "model", "run", "seed", "train_acc", "balanced_test_acc", "PGU_local", "PGU_global",
                   "PGI_local", "PGI_global", "PGR", "FA_local", "FA_global", "FA_local_diffused", "FA_global_diffused"]
@@ -490,38 +621,71 @@ def data_markdown(
 # %% ../nbs/08_experiments.ipynb #cd857284
 def _fmt(mean, std)->str: return "" if pd.isna(mean) else f"{mean:.2f} ± {std:.2f}"
 
+def _scale_note(exp:Experiment)->str:
+    "A warning when the run is smaller than the study's protocol, so that its numbers are not compared with the paper's."
+    if exp.kind == "simulation":
+        from igtcga.simulation import PRESETS
+        paper_n = PRESETS[exp.dataset].n_samples
+        if exp.n_samples is None and exp.runs >= 10: return ""
+        return (f"> **A small run, not the study's protocol.** {exp.n_samples or paper_n:,} samples and {exp.runs} retraining(s) here; "
+                f"the study used {paper_n:,} samples and 10 retrainings. Prediction gaps and feature agreement depend on both (on "
+                "SIMU1, LR's PGI_global is about 58 % in the small default run and 42.6 % in the paper), so compare with the "
+                f"published tables only after `igtcga-reproduce --paper --dataset {exp.dataset}`.")
+    if exp.runs < 10:
+        return (f"> **{exp.runs} retraining(s).** The stability of the gene lists rests on {exp.runs * (exp.runs - 1) // 2} pair(s) "
+                "of runs; `--runs 10` gives a firmer answer.")
+    return ""
+
+def _figure_md(n:int, name:str, figures:list)->str:
+    return f"![Figure {n}: {FIGURES[name]}]({name})\n\n*Figure {n}: {FIGURES[name]} (`{name}`).*" if name in figures else ""
+
 def report_markdown(
     exp:Experiment, # the experiment
     summary:pd.DataFrame, # from `summarise`
     timings:dict, # stage -> seconds
     seeds:list, # training seeds
-    data_section:str|None=None, # what the run was fed (`data_markdown`), placed after the table
+    data_section:str|None=None, # what the run was fed (`data_markdown`)
+    extra:dict|None=None, # the biomarker tables (genes, agreement, class_stability, sanity, stability, figures, ...)
 )->str:
-    "The run's report: the summary table (mean ± std), the data, the settings, the seeds, and wall time per stage."
+    "The run's report: how to read it, the data, the explanation metrics, the genes of each class with their stability, the agreement with the statistics, the sanity checks, the settings and the wall time."
+    from igtcga.biomarkers import agreement_markdown, genes_markdown, how_to_read_markdown, sanity_markdown, stability_markdown
     metrics = [c for c in RESULT_COLUMNS[4:] if f"{c}_mean" in summary]
     table = summary[["dataset", "model", "runs"]].copy()
     for m in metrics: table[m] = [_fmt(a, b) for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
     table = table.loc[:, [c for c in table if c in ("dataset", "model", "runs") or (table[c] != "").any()]]
     settings = "\n".join(f"| {k} | {v} |" for k, v in exp.to_dict().items())
     times = "\n".join(f"| {k} | {v:.1f} |" for k, v in timings.items())
-    data = f"{data_section}\n\n" if data_section else ""
-    return (f"# igtcga report: {exp.dataset}\n\nAll scores in percent, mean ± population std over {exp.runs} run(s) "
-            f"(training seeds {seeds}).\n\n{markdown_table(table)}\n\n{data}## Settings\n\n| setting | value |\n|---|---|\n"
-            f"{settings}\n\n## Wall time per stage (s)\n\n| stage | seconds |\n|---|---|\n{times}\n")
+    x = extra or {}
+    figs = x.get("figures", [])
+    parts = [f"# igtcga report: {exp.dataset}", _scale_note(exp)]
+    if x: parts.append(how_to_read_markdown(x["n_genes"], x["n_classes"], x["truth"]))
+    if data_section: parts.append(data_section)
+    parts += [f"## Explanation metrics\n\nAll scores in percent, mean ± population std over {exp.runs} run(s) (training seeds "
+              f"{seeds}); see 'How to read this' for the direction of each.\n\n{markdown_table(table)}", _figure_md(1, "summary.png", figs)]
+    if x and len(x["genes"]):
+        scale = f"Fold changes are on this log2 scale: {x['log_scale']}."
+        parts += [genes_markdown(x["genes"]) + "\n\n" + scale, _figure_md(2, "heatmap.png", figs),
+                  agreement_markdown(x["agreement"]), _figure_md(3, "overlap.png", figs),
+                  stability_markdown(x["class_stability"], x.get("stability")), _figure_md(4, "rank_vs_rank.png", figs)]
+    if x and len(x.get("sanity", [])): parts.append(sanity_markdown(x["sanity"]))
+    if x:
+        files = ("`genes.csv` (every gene of every class: consensus rank, score, spread, statistics), `agreement.csv` (per class), "
+                 "`stability.csv` (pooled ranking), `sanity.csv`, `results.csv` (one row per model × run), `summary.csv`, "
+                 "`curves.csv` (accuracy against genes kept)")
+        if x.get("deseq2_seconds") is not None: files += f"; DESeq2 took {x['deseq2_seconds']:.0f} s (one fit, one Wald test per class)"
+        parts.append(f"## Files\n\n{files}.")
+    parts += [f"## Settings\n\n| setting | value |\n|---|---|\n{settings}",
+              f"## Wall time per stage (s)\n\n| stage | seconds |\n|---|---|\n{times}"]
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 # %% ../nbs/08_experiments.ipynb #6b395933
 def plot_summary(
     results:pd.DataFrame, # the results table
     path:str|Path|None=None, # save the figure here (PNG), or None
 ):
-    "Prediction gaps (and feature agreement when known) per model, mean and spread over runs."
-    import matplotlib.pyplot as plt, seaborn as sns
-    cols = [c for c in RESULT_COLUMNS[6:] if c in results and results[c].notna().any()]
-    long = results.melt(id_vars=["model", "run"], value_vars=cols, var_name="metric", value_name="percent")
-    fig, ax = plt.subplots(figsize=(7, 3))
-    sns.barplot(long, x="metric", y="percent", hue="model", errorbar="sd", ax=ax)
-    ax.set_xlabel(""); ax.tick_params(axis="x", rotation=35); ax.set_ylim(0, 100)
-    fig.tight_layout()
+    "The explanation metrics per model (mean ± sd over runs), split into higher-is-better and lower-is-better panels."
+    from igtcga.biomarkers import plot_metric_summary
+    fig = plot_metric_summary(results, ", ".join(dict.fromkeys(results["dataset"].astype(str))) if "dataset" in results else "")
     if path is not None: fig.savefig(path, dpi=100)
     return fig
 
@@ -646,8 +810,9 @@ def compute_experiment(
     exp:Experiment, # what to run
     cache:Path, # the cache folder: everything computed is kept under it
     quiet:bool|None=None, # progress bars
-)->SimpleNamespace: # exp (classes resolved), results, summary, stability, curves, report
-    "Run `exp` through the cache (data, checks, graph, training, attributions, metrics, stability) and return its tables and report."
+)->SimpleNamespace: # exp (classes resolved), results, summary, stability, curves, genes, agreement, sanity, figures, report
+    "Run `exp` through the cache (data, checks, graph, training, attributions, metrics, stability, genes, sanity checks, figures) and return its tables and report."
+    from igtcga.biomarkers import GENE_COLUMNS, agreement, class_stability, class_truth, consensus, count_matrix, gene_table
     from igtcga.training import load_checkpoint, train_runs
     cache, timings, t = Path(cache), {}, time.perf_counter()
     def lap(stage):
@@ -656,6 +821,7 @@ def compute_experiment(
     data = load_dataset(exp, cache, quiet)
     label = exp.dataset if exp.kind != "file" else Path(exp.dataset).name
     plan = check_plan(exp, data.y, data.classes, data.n_genes, label)
+    if exp.de == "deseq2": count_matrix(data.subset(np.arange(min(len(data.y), 200))))  # refuses non-count data before any work
     exp = dataclasses.replace(exp, studied_classes=plan["studied"], baseline=plan["baseline"]); lap("data")
     split = make_split(exp, data.y)
     transform, transform_note = make_transform(exp, data, split)
@@ -665,10 +831,12 @@ def compute_experiment(
         graph = correlation_graph_for(exp, data, split, transform, cache, quiet)
     lap("graph")
     seeds, rows, stability_tables, curve_tables = list(range(1, exp.runs + 1)), [], [], []
-    eval_key = step_key(exp.baseline, exp.studied_classes, exp.n_steps, exp.tol)
+    eval_key = step_key(exp.baseline, exp.studied_classes, exp.n_steps, exp.tol, exp.quadrature)
     metric_key = step_key(eval_key, exp.gap, exp.n_random, exp.graph_threshold)
+    data_dir = cache/"runs"/f"{exp.dataset if exp.kind != 'file' else Path(exp.dataset).stem}-{key}"
+    truth, stats, fitted, per_model, sanity_tables = class_truth(data), None, None, {}, []
     for name in exp.models:
-        run_dir = cache/"runs"/f"{exp.dataset if exp.kind != 'file' else Path(exp.dataset).stem}-{key}"/f"{name}-e{exp.epochs}{'' if exp.shuffle else '-fixed'}"
+        run_dir = data_dir/f"{name}-e{exp.epochs}{'' if exp.shuffle else '-fixed'}"
         clean_temp_files(run_dir)
         for r in seeds: load_cached(run_dir/f"run{r:02d}_seed{r}.pt", load_checkpoint, "cached checkpoint")
         results = train_runs(model_factory(name, data, graph), data, split, runs=exp.runs, transform=transform,
@@ -694,26 +862,58 @@ def compute_experiment(
             tables = read()  # the tables as cached (4 decimals), the same on every later run
         stability_tables.append(tables[0].assign(dataset=label, model=name)); curve_tables.append(tables[1].assign(dataset=label, model=name))
         lap("stability+curves")
+        fitted = results[0].transform if fitted is None else fitted
+        if stats is None: stats = statistics_for(exp, data, split, fitted, data_dir/f"statistics{'_deseq2' if exp.de else ''}.npz")
+        cons = consensus(class_scores_for(exp, results, data, ig_paths, run_dir/f"classes_{eval_key}_r{exp.runs}.npz", quiet))
+        if cons["runs"].sum() == 0:
+            _logger.warning("%s %s: no run classifies a studied test sample correctly, so no gene is ranked", label, name)
+        else:
+            per_model[name] = SimpleNamespace(cons=cons, genes=gene_table(cons, stats, data.classes, data.genes, exp.studied_classes,
+                                                                         truth, label, name))
+        lap("genes+statistics")
+        sanity_tables.append(sanity_for(exp, name, results, data, graph, ig_paths[0], run_dir/f"sanity_{eval_key}.csv", quiet)
+                             .assign(dataset=label, model=name))
+        lap("sanity checks")
     results = pd.DataFrame(rows)
     for c in RESULT_COLUMNS:
         if c not in results: results[c] = np.nan
     results = results[RESULT_COLUMNS + [c for c in results if c not in RESULT_COLUMNS]]
     summary = summarise(results)
-    lap("report")
+    genes = pd.concat([p.genes for p in per_model.values()], ignore_index=True) if per_model else pd.DataFrame(columns=GENE_COLUMNS)
+    agree = agreement(genes) if len(genes) else pd.DataFrame(columns=["model", "class"])
+    ks = sorted({10, 100, 1000} | ({int(np.median([len(v) for v in truth.values()]))} if truth else set()))  # and |informative|
+    by_class = pd.concat([class_stability(p.cons["run_ranks"][:, [c for c in (exp.studied_classes or range(data.n_classes))]], ks)
+                          .assign(model=m) for m, p in per_model.items()], ignore_index=True) if per_model else pd.DataFrame()
+    sanity = pd.concat(sanity_tables, ignore_index=True)
+    genes_csv = genes.to_csv(index=False, float_format="%.4g")  # formatted here, so that its time is in the stage table
+    lap("genes+statistics")
+    train = np.asarray(split.train, dtype=np.int64)
+    X_train = fitted.transform(data.X[train]) if fitted is not None else data.X[train]
+    figures = biomarker_figures(label, results, per_model, stats, X_train, data.y[train], data.classes, data.genes, exp.studied_classes)
+    lap("figures")
     tidy = lambda tables: (lambda t: t[["dataset", "model"] + list(t.columns[:-2])])(pd.concat(tables, ignore_index=True))
+    stability = tidy(stability_tables)
     section = data_markdown(data, split, transform_note, describe_reading(data) if exp.kind == "file" else None)
-    return SimpleNamespace(exp=exp, results=results, summary=summary, stability=tidy(stability_tables), curves=tidy(curve_tables),
-                           report=report_markdown(exp, summary, timings, seeds, section))
+    extra = dict(genes=genes, agreement=agree, class_stability=by_class, sanity=sanity, stability=stability, figures=list(figures),
+                 log_scale=str(stats["log_scale"]), n_genes=data.n_genes, n_classes=data.n_classes, truth=truth is not None,
+                 deseq2_seconds=float(stats["deseq2_seconds"]) if "deseq2_seconds" in stats else None)
+    lap("report")
+    return SimpleNamespace(exp=exp, results=results, summary=summary, stability=stability, curves=tidy(curve_tables),
+                           genes=genes, genes_csv=genes_csv, agreement=agree, class_stability=by_class, sanity=sanity, figures=figures,
+                           report=report_markdown(exp, summary, timings, seeds, section, extra))
 
 # %% ../nbs/08_experiments.ipynb #2e6a0c4d
 def _write_run(folder:Path, run:SimpleNamespace)->None:
-    "One experiment's files: summary.png, results.csv, summary.csv, stability.csv, curves.csv and report.md."
-    import matplotlib.pyplot as plt  # headless machines get matplotlib's Agg backend by default
-    plt.close(plot_summary(run.results, folder/"summary.png"))
+    "One experiment's files: the figures, results.csv, summary.csv, stability.csv, curves.csv, genes.csv, agreement.csv, sanity.csv and report.md."
+    for name, png in run.figures.items():
+        with atomic_write(folder/name, "wb") as f: f.write(png)
     with atomic_write(folder/"results.csv", "w") as f: run.results.to_csv(f, index=False, float_format="%.4f")
     with atomic_write(folder/"summary.csv", "w") as f: run.summary.to_csv(f, index=False, float_format="%.4f")
     for name in ("stability", "curves"):
         with atomic_write(folder/f"{name}.csv", "w") as f: getattr(run, name).to_csv(f, index=False, float_format="%.4f")
+    with atomic_write(folder/"genes.csv", "w") as f: f.write(run.genes_csv)
+    with atomic_write(folder/"agreement.csv", "w") as f: run.agreement.to_csv(f, index=False, float_format="%.4f")
+    with atomic_write(folder/"sanity.csv", "w") as f: run.sanity.to_csv(f, index=False, float_format="%.4f")
     with atomic_write(folder/"report.md", "w") as f: f.write(run.report)
 
 # %% ../nbs/08_experiments.ipynb #7f1978e4
@@ -751,19 +951,23 @@ def run_datasets(
             (d/n).mkdir(); _write_run(d/n, r); write_manifest(d/n, [r.exp])
         with atomic_write(d/"results.csv", "w") as f: results.to_csv(f, index=False, float_format="%.4f")
         with atomic_write(d/"summary.csv", "w") as f: summarise(results).to_csv(f, index=False, float_format="%.4f")
-        for name in ("stability", "curves"):
-            with atomic_write(d/f"{name}.csv", "w") as f: pd.concat([pd.read_csv(d/n/f"{name}.csv") for n in names]).to_csv(f, index=False)
-        with atomic_write(d/"report.md", "w") as f: f.write("\n\n".join(r.report for r in runs))
+        for name in ("stability", "curves", "agreement", "sanity"):
+            with atomic_write(d/f"{name}.csv", "w") as f:
+                pd.concat([pd.read_csv(d/n/f"{name}.csv").assign(dataset=n) if name == "agreement" else pd.read_csv(d/n/f"{name}.csv")
+                           for n in names]).to_csv(f, index=False)
+        link = lambda n, text: re.sub(r"\]\((\w+\.png)\)", lambda m: f"]({n}/{m[1]})", text)  # figures live in the sub-folders
+        with atomic_write(d/"report.md", "w") as f:
+            f.write("Each dataset's files, `genes.csv` included, are in its sub-folder.\n\n" + "\n\n".join(link(n, r.report) for n, r in zip(names, runs)))
     write_folder(out, write, [r.exp for r in runs], force)
     return results
 
 # %% ../nbs/08_experiments.ipynb #6f2b4d8a
 def _reproduce(dataset, models, runs, n_samples, seed, out, labels, label_column, sample_column, orientation, sep, transform,
-               baseline, studied, gap, n_steps, epochs, fixed_order, paper, device, force, quiet):
+               baseline, studied, gap, n_steps, epochs, fixed_order, paper, device, force, quiet, de="none", quadrature="auto"):
     "The body of `igtcga-reproduce`: build and check every experiment, then run them and print the report."
     kw = dict(models=models, data_seed=seed, labels=labels, label_column=label_column, sample_column=sample_column,
               orientation=orientation, sep={"\\t": "\t", "tab": "\t"}.get(sep, sep), transform=transform, baseline=baseline,
-              studied_classes=studied, gap=gap, epochs=epochs, shuffle=not fixed_order, device=device)
+              studied_classes=studied, gap=gap, epochs=epochs, shuffle=not fixed_order, device=device, de=de, quadrature=quadrature)
     if runs is not None: kw["runs"] = runs
     if n_steps is not None: kw["n_steps"] = n_steps
     names = [dataset] if Path(dataset).exists() else [d.strip() for d in dataset.split(",") if d.strip()]
@@ -796,10 +1000,12 @@ def reproduce_cli(
     orientation:str="auto", # your own matrix: auto (from the sample ids), genes_x_samples or samples_x_genes
     sep:str=None, # your own matrix: field separator (default: from the file name, else sniffed); \t or tab for a tab
     transform:str="auto", # your own matrix: auto (decided from the values), log2, cpm-log2, standardize or none
+    de:str="none", # extra differential-expression test in genes.csv: none or deseq2 (raw counts only; pip install 'igtcga[de]')
     baseline:str=None, # IG baseline: zero, train_mean or class_mean:CLASS (default: the study's choice for the dataset)
     studied:str=None, # classes explained and evaluated, comma-separated names or indices (default: the study's choice)
     gap:int=10, # genes replaced per prediction-gap step
-    n_steps:int=None, # IG steps (default 3000)
+    n_steps:int=None, # IG steps of the non-exact rules (default 3000)
+    quadrature:str="auto", # IG rule: auto (exact for igtcga's models), exact, gausslegendre (the study's 3000 nodes), riemann_trapezoid, ...
     epochs:int=25, # training epochs
     fixed_order:store_true=False, # train with the original's fixed batch order instead of reshuffling every epoch
     paper:store_true=False, # the study's full protocol (paper sample size, 10 seeds)
@@ -808,7 +1014,7 @@ def reproduce_cli(
     quiet:store_true=False, # no progress bars
     debug:store_true=False, # on an error, show the full traceback instead of one line
 ):
-    "Run the study end to end and write results.csv, summary.csv, report.md and figures to --out."
+    "Run the study end to end and write genes.csv, results.csv, summary.csv, report.md and figures to --out."
     args = dict(locals())
     debug = args.pop("debug")
     return run_cli("igtcga-reproduce", _reproduce, debug, "interrupted; run the same command again to resume from the cache", **args)

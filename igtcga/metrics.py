@@ -806,8 +806,16 @@ def _explainer_like(att:Attributions):
     s = att.settings
     kw = dict(n_steps=int(s.get("n_steps", 3000)), output=s.get("output", "softmax"), method=att.method, quiet=True)
     if att.method == "gradient_shap": kw["seed"] = int(s.get("seed", 0))
+    if att.method == "integrated_gradients" and getattr(att, "quadrature", None): kw["quadrature"] = att.quadrature  # the same rule
     baseline = 0.0 if att.baseline is None else att.baseline
     return lambda model, inputs, targets: attribute(model, inputs, targets, baseline, **kw)
+
+# %% ../nbs/07_metrics.ipynb #52919ebb
+def _copy_model(model:nn.Module)->nn.Module:
+    "A deep copy of `model` that shares its sparse tensors (a Diffuse model's fixed diffusion operator cannot be deep-copied, and is never randomised)."
+    memo = {id(v): v for m in model.modules() for v in list(vars(m).values()) + list(m._buffers.values())
+            if isinstance(v, torch.Tensor) and v.layout != torch.strided}
+    return copy.deepcopy(model, memo)
 
 # %% ../nbs/07_metrics.ipynb #9b38476b
 def _randomise(module:nn.Module, seed:int):
@@ -835,9 +843,9 @@ def parameter_randomisation_test(
     inputs, targets, original = att.model_inputs(), att.targets, att.scores
     layers = [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))][::-1]
     if not layers: raise ValueError("the model has no parameters to randomise")
-    rows, current = [], copy.deepcopy(model)
+    rows, current = [], _copy_model(model)
     for i, (name, _) in enumerate(layers):
-        if not cascade: current = copy.deepcopy(model)
+        if not cascade: current = _copy_model(model)
         _randomise(current.get_submodule(name), seed + i)
         done = [n for n, _ in layers[:i + 1]] if cascade else [name]
         rows.append(dict(layer=" + ".join(done), **attribution_similarity(original, explain_fn(current, inputs, targets), ks)))

@@ -129,7 +129,7 @@ def test_fast_path_equals_captum(name, output, per_row_baseline, data):
     X, base, rows, y = data
     model = MODELS[name]
     b = rows if per_row_baseline else base
-    ours = integrated_gradients(model, X, y, b, n_steps=40, output=output, path="fast", quiet=True)
+    ours = integrated_gradients(model, X, y, b, n_steps=40, output=output, quadrature="gausslegendre", path="fast", quiet=True)
     ref = captum(model, X, y, b, 40, output)
     assert ours.shape == X.shape
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-13)
@@ -140,11 +140,12 @@ def test_fast_path_equals_captum(name, output, per_row_baseline, data):
 def test_fast_path_all_classes_equals_captum(name, output, data):
     X, base, rows, y = data
     model = MODELS[name]
-    ours = integrated_gradients(model, X, "all", rows, n_steps=30, output=output, path="fast", quiet=True)
+    ours = integrated_gradients(model, X, "all", rows, n_steps=30, output=output, quadrature="gausslegendre", path="fast", quiet=True)
     assert ours.shape == (N, C, G)
     torch.testing.assert_close(ours, captum(model, X, "all", rows, 30, output), rtol=1e-10, atol=1e-13)
     for k in range(C):  # every single target too
-        torch.testing.assert_close(integrated_gradients(model, X, k, base, n_steps=30, output=output, path="fast", quiet=True),
+        torch.testing.assert_close(integrated_gradients(model, X, k, base, n_steps=30, output=output, quadrature="gausslegendre",
+                                                        path="fast", quiet=True),
                                    captum(model, X, torch.full((N,), k), base, 30, output), rtol=1e-10, atol=1e-13)
 
 
@@ -179,7 +180,7 @@ def test_float32_fast_path_close_to_captum():
     model = MLP(300, 6)
     model.train(); model(torch.randn(64, 300) * 2); model.eval()
     X, y = torch.randn(5, 300), torch.randint(0, 6, (5,))
-    ours = integrated_gradients(model, X, y, 0.0, n_steps=500, quiet=True)
+    ours = integrated_gradients(model, X, y, 0.0, n_steps=500, quadrature="gausslegendre", quiet=True)
     assert ours.dtype == torch.float32
     ref = IntegratedGradients(softmax_fn(model)).attribute(X, baselines=torch.zeros(1, 300), target=y, n_steps=500)
     assert float((ours - ref).abs().max() / ref.abs().max()) < 1e-5
@@ -188,18 +189,18 @@ def test_float32_fast_path_close_to_captum():
 def test_chunking_does_not_change_results(data):
     X, base, rows, y = data
     for model in (MODELS["MLP"], MODELS["Sequential-2hidden"]):
-        whole = integrated_gradients(model, X, y, rows, n_steps=25, quiet=True)
-        torch.testing.assert_close(integrated_gradients(model, X, y, rows, n_steps=25, batch_size=1, quiet=True), whole,
-                                   rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(integrated_gradients(model, X, y, rows, n_steps=25, memory_mb=0.001, quiet=True), whole,
-                                   rtol=1e-12, atol=1e-14)
+        for rule in ("auto", "gausslegendre"):  # exact for the MLP, Gauss-Legendre for both
+            kw = dict(n_steps=25, quadrature=rule, quiet=True)
+            whole = integrated_gradients(model, X, y, rows, **kw)
+            torch.testing.assert_close(integrated_gradients(model, X, y, rows, batch_size=1, **kw), whole, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(integrated_gradients(model, X, y, rows, memory_mb=0.001, **kw), whole, rtol=1e-12, atol=1e-14)
 
 
 def test_model_mode_restored_and_eval_used(data):
     X, base, rows, y = data
     model = with_running_stats(MLP(G, C).double())
     model.train()
-    ours = integrated_gradients(model, X, y, base, n_steps=16, quiet=True)
+    ours = integrated_gradients(model, X, y, base, n_steps=16, quadrature="gausslegendre", quiet=True)
     assert model.training
     model.eval()
     torch.testing.assert_close(ours, captum(model, X, y, base, 16))
@@ -226,7 +227,7 @@ def test_convergence_delta_matches_definition(data):
 @pytest.mark.parametrize("name", ["LR", "DiffuseLR"])
 def test_completeness_holds_to_tolerance_for_smooth_models(name, data):
     X, base, rows, y = data
-    attr, err, steps = ig_with_completeness(MODELS[name], X, y, base, n_steps=2, tol=1e-8, quiet=True)
+    attr, err, steps = ig_with_completeness(MODELS[name], X, y, base, n_steps=2, tol=1e-8, quadrature="gausslegendre", quiet=True)
     assert float(err.max()) <= 1e-8
     assert steps.min() >= 2 and (steps > 2).any()
     for i in range(N):  # each sample equals Captum at the steps it used
@@ -237,7 +238,7 @@ def test_completeness_holds_to_tolerance_for_smooth_models(name, data):
 def test_completeness_all_classes_and_per_row_baselines(data):
     X, base, rows, y = data
     model = MODELS["MLP"]
-    attr, err, steps = ig_with_completeness(model, X, "all", rows, n_steps=4, tol=2e-3, quiet=True)
+    attr, err, steps = ig_with_completeness(model, X, "all", rows, n_steps=4, tol=2e-3, quadrature="gausslegendre", quiet=True)
     assert attr.shape == (N, C, G) and err.shape == (N, C) and steps.shape == (N, C)
     assert float(err.max()) <= 2e-3
     for i, k in [(0, 0), (3, 2), (N - 1, C - 1)]:
@@ -251,7 +252,8 @@ def test_completeness_all_classes_and_per_row_baselines(data):
 def test_completeness_warns_when_max_steps_reached(data):
     X, base, rows, y = data
     with pytest.warns(UserWarning, match="still have a completeness error"):
-        _, err, steps = ig_with_completeness(MODELS["MLP"], X, y, base, n_steps=2, tol=1e-12, max_steps=8, quiet=True)
+        _, err, steps = ig_with_completeness(MODELS["MLP"], X, y, base, n_steps=2, tol=1e-12, max_steps=8,
+                                             quadrature="gausslegendre", quiet=True)
     assert int(steps.max()) == 8
     with pytest.raises(ValueError, match="tol must be a positive number"):
         ig_with_completeness(MODELS["MLP"], X, y, base, tol=0)
@@ -354,7 +356,11 @@ def test_deeplift_summation_to_delta_on_logits(name, data):
     with torch.no_grad(): gap = (model(X) - model(rows))[torch.arange(N), y]
     torch.testing.assert_close(dl.sum(1), gap, rtol=1e-10, atol=1e-12)
     if "MLP" in name:  # and it differs from the gradient-based answer a non-hooked ReLU would give on some sample
-        assert not torch.allclose(dl, attribute(model, X, y, rows, output="logit", method="integrated_gradients", quiet=True))
+        grad = attribute(model, X, y, rows, output="logit", method="saliency", quiet=True)
+        assert not torch.allclose(dl, (X - rows) * grad)
+        # one hidden ReLU layer: the rescale multipliers are the ReLU's gradient averaged along the path, so DeepLift is exact IG
+        ig = attribute(model, X, y, rows, output="logit", method="integrated_gradients", quadrature="exact", quiet=True)
+        torch.testing.assert_close(dl, ig, rtol=1e-9, atol=1e-12)
 
 
 def test_feature_ablation_matches_direct_loop(data):
@@ -398,6 +404,7 @@ def test_attributions_save_load_round_trip(tmp_path):
     for name in ("scores", "targets", "labels", "predictions", "baseline", "completeness", "n_steps"):
         np.testing.assert_array_equal(getattr(b, name), getattr(a, name))
     assert (b.sample_ids, b.genes, b.classes, b.method, b.settings) == (a.sample_ids, a.genes, a.classes, a.method, a.settings)
+    assert a.quadrature == b.quadrature == a.settings["quadrature"] == "exact"
     assert [p.name for p in tmp_path.iterdir()] == ["atts.npz"]  # no temporary file left behind
     bare = Attributions(np.ones((2, 3)), [0, 1], ["x", "y"])
     again = Attributions.load(bare.save(tmp_path / "bare.npz"))
@@ -636,6 +643,8 @@ def test_bad_inputs(data):
         integrated_gradients(model, X, y, base, output="proba")
     with pytest.raises(ValueError, match="path must be"):
         integrated_gradients(model, X, y, base, path="fastest")
+    with pytest.raises(ValueError, match="quadrature must be one of"):
+        integrated_gradients(model, X, y, base, quadrature="simpson")
     with pytest.raises(ValueError, match="labels out of range"):
         explain(model, X.numpy(), labels=np.full(N, C))
     with pytest.raises(ValueError, match="target='true' needs the true labels"):
