@@ -7,6 +7,7 @@ Docs: https://igtcga.github.io/igtcga/experiments.html.md"""
 # %% ../nbs/08_experiments.ipynb #69c09678
 from __future__ import annotations
 import csv, dataclasses, hashlib, io, json, logging, math, os, re, shutil, socket, sys, tempfile, time, uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -805,19 +806,16 @@ def write_folder(
         raise
     return out
 
-# %% ../nbs/08_experiments.ipynb #0c4a8e2b
-def compute_experiment(
+# %% ../nbs/08_experiments.ipynb #cd5c40a6
+def _setup(
     exp:Experiment, # what to run
-    cache:Path, # the cache folder: everything computed is kept under it
+    cache:Path, # the cache folder
     quiet:bool|None=None, # progress bars
-)->SimpleNamespace: # exp (classes resolved), results, summary, stability, curves, genes, agreement, sanity, figures, report
-    "Run `exp` through the cache (data, checks, graph, training, attributions, metrics, stability, genes, sanity checks, figures) and return its tables and report."
-    from igtcga.biomarkers import GENE_COLUMNS, agreement, class_stability, class_truth, consensus, count_matrix, gene_table
-    from igtcga.training import load_checkpoint, train_runs
-    cache, timings, t = Path(cache), {}, time.perf_counter()
-    def lap(stage):
-        nonlocal t
-        now = time.perf_counter(); timings[stage] = timings.get(stage, 0.0) + now - t; t = now
+    lap=None, # `lap(stage)` callback for the stage timings, or None
+)->SimpleNamespace: # exp (classes resolved), data, label, split, transform, transform_note, key, graph, eval_key, metric_key, data_dir
+    "Everything every unit of `exp` shares: the data (checked), split, input transform, graph and cache keys."
+    from igtcga.biomarkers import count_matrix
+    lap = lap or (lambda stage: None)
     data = load_dataset(exp, cache, quiet)
     label = exp.dataset if exp.kind != "file" else Path(exp.dataset).name
     plan = check_plan(exp, data.y, data.classes, data.n_genes, label)
@@ -830,28 +828,165 @@ def compute_experiment(
     if any(m.startswith("Diffuse") for m in exp.models) or data.truth is not None:
         graph = correlation_graph_for(exp, data, split, transform, cache, quiet)
     lap("graph")
-    seeds, rows, stability_tables, curve_tables = list(range(1, exp.runs + 1)), [], [], []
     eval_key = step_key(exp.baseline, exp.studied_classes, exp.n_steps, exp.tol, exp.quadrature)
-    metric_key = step_key(eval_key, exp.gap, exp.n_random, exp.graph_threshold)
-    data_dir = cache/"runs"/f"{exp.dataset if exp.kind != 'file' else Path(exp.dataset).stem}-{key}"
-    truth, stats, fitted, per_model, sanity_tables = class_truth(data), None, None, {}, []
-    for name in exp.models:
-        run_dir = data_dir/f"{name}-e{exp.epochs}{'' if exp.shuffle else '-fixed'}"
-        clean_temp_files(run_dir)
-        for r in seeds: load_cached(run_dir/f"run{r:02d}_seed{r}.pt", load_checkpoint, "cached checkpoint")
-        results = train_runs(model_factory(name, data, graph), data, split, runs=exp.runs, transform=transform,
-                             out_dir=run_dir, epochs=exp.epochs, shuffle=exp.shuffle, device=exp.device, quiet=quiet)
-        lap("train")
-        ig_paths = [run_dir/f"run{r:02d}_ig_{eval_key}.npz" for r in seeds]
-        for r, res in enumerate(progress(results, desc=f"explain+evaluate {name}", quiet=quiet), start=1):
-            metrics_path = run_dir/f"run{r:02d}_metrics_{metric_key}.json"
+    data_dir = Path(cache)/"runs"/f"{exp.dataset if exp.kind != 'file' else Path(exp.dataset).stem}-{key}"
+    return SimpleNamespace(exp=exp, data=data, label=label, split=split, transform=transform, transform_note=transform_note,
+                           key=key, graph=graph, eval_key=eval_key, metric_key=step_key(eval_key, exp.gap, exp.n_random, exp.graph_threshold),
+                           data_dir=data_dir)
+
+def _run_dir(s:SimpleNamespace, name:str)->Path:
+    return s.data_dir/f"{name}-e{s.exp.epochs}{'' if s.exp.shuffle else '-fixed'}"
+
+# %% ../nbs/08_experiments.ipynb #c188b5ac
+@contextmanager
+def _limit_threads(threads:int|None):
+    "PyTorch's and the BLAS libraries' CPU threads limited to `threads` inside the block (None: unchanged)."
+    if threads is None: yield; return
+    from threadpoolctl import threadpool_limits
+    from igtcga.training import torch_threads
+    with threadpool_limits(int(threads)), torch_threads(int(threads)): yield
+
+def run_unit(
+    exp:Experiment, # the experiment
+    name:str, # the model
+    r:int, # the run (its seed is r)
+    cache:str|Path, # the cache folder (shared by every worker)
+    setup:SimpleNamespace|None=None, # `_setup(exp, cache)` when the caller has it (same process), else rebuilt here
+    quiet:bool|None=True, # progress bars
+    threads:int|None=None, # CPU threads of this unit (None: unchanged)
+)->dict: # metrics, computed (False when another worker or an earlier run had done it), train_seconds, eval_seconds
+    "One unit of work: train run `r` of model `name` (or load its checkpoint), explain and evaluate it; under a per-unit lock, through the cache."
+    from filelock import FileLock
+    from igtcga.training import load_checkpoint, train_runs
+    with _limit_threads(threads):
+        s = setup if setup is not None else _setup(exp, Path(cache), True)
+        run_dir = _run_dir(s, name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = run_dir/f"run{r:02d}_metrics_{s.metric_key}.json"
+        with FileLock(run_dir/f"run{r:02d}.lock"):
+            clean_temp_files(run_dir)
+            have_model = load_cached(run_dir/f"run{r:02d}_seed{r}.pt", load_checkpoint, "cached checkpoint") is not None
             m = load_cached(metrics_path, read_metrics, "cached metrics")
-            if m is None:
-                m = evaluate_run(exp, res, data, graph, ig_paths[r - 1], quiet)
+            if m is not None and have_model: return dict(metrics=m, computed=False, train_seconds=0.0, eval_seconds=0.0)
+            t0 = time.perf_counter()
+            [res] = train_runs(model_factory(name, s.data, s.graph), s.data, s.split, seeds=[r], start=r, transform=s.transform,
+                               out_dir=run_dir, epochs=s.exp.epochs, shuffle=s.exp.shuffle, device=s.exp.device, quiet=True)
+            t1 = time.perf_counter()
+            if m is None:  # (a damaged checkpoint alone is retrained: the same seed gives the same model)
+                m = evaluate_run(s.exp, res, s.data, s.graph, run_dir/f"run{r:02d}_ig_{s.eval_key}.npz", quiet)
                 with atomic_write(metrics_path, "w") as f: json.dump(m, f)
+            return dict(metrics=m, computed=True, train_seconds=t1 - t0, eval_seconds=time.perf_counter() - t1)
+
+# %% ../nbs/08_experiments.ipynb #0cf3449c
+BACKENDS = ("loky", "dask", "ray")
+
+def _need(module:str, what:str):
+    import importlib
+    try: return importlib.import_module(module)
+    except ImportError: raise ImportError(f"{what} needs {module.split('.')[0]}: pip install 'igtcga[distributed]'") from None
+
+@contextmanager
+def _backend(backend:str|None, n_jobs:int|None, scheduler:str|None):
+    "joblib's (backend, n_jobs) for the run: loky processes, a Dask client (a local cluster, or `scheduler`), or Ray."
+    if backend in (None, "loky"):
+        if scheduler: raise ValueError("--scheduler joins a Dask or Ray cluster: give --backend dask or --backend ray with it")
+        yield backend, n_jobs; return
+    if backend == "dask":
+        dist = _need("dask.distributed", "--backend dask")
+        if scheduler: client, cluster = dist.Client(scheduler), None
+        else:
+            cluster = dist.LocalCluster(n_workers=n_jobs or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                        dashboard_address=None)
+            client = dist.Client(cluster)
+        try: yield "dask", -1
+        finally:
+            client.close()
+            if cluster is not None: cluster.close()
+        return
+    if backend == "ray":
+        ray = _need("ray", "--backend ray")
+        _need("ray.util.joblib", "--backend ray").register_ray()
+        started = not ray.is_initialized()
+        if started:
+            if scheduler: ray.init(address=scheduler, log_to_driver=False)
+            else: ray.init(num_cpus=n_jobs or 2, include_dashboard=False, log_to_driver=False)
+        try: yield "ray", n_jobs or -1
+        finally:
+            if started: ray.shutdown()
+        return
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+def _parallel(n_jobs:int|None, backend:str|None)->bool:
+    "Whether the units go through joblib: more than one job, a cluster backend, or a `joblib.parallel_config` the user set."
+    if backend is not None: return backend != "loky" or (n_jobs or 1) != 1
+    if n_jobs is not None: return n_jobs != 1
+    from joblib.parallel import LokyBackend, get_active_backend
+    b, n = get_active_backend()
+    return not isinstance(b, LokyBackend) or n not in (None, 1)
+
+def run_units(
+    exp:Experiment, # the experiment (its file paths are made absolute for remote workers)
+    units:list, # (model, run) pairs
+    cache:Path, # the cache folder, visible to every worker
+    n_jobs:int|None=None, # parallel units (None: joblib's setting, e.g. from `joblib.parallel_config`)
+    backend:str|None=None, # "loky", "dask", "ray" (None: joblib's setting)
+    scheduler:str|None=None, # address of an existing Dask scheduler or Ray cluster
+    threads:int|None=None, # CPU threads per unit (None: the cores divided by the jobs on one machine, 1 on a cluster)
+)->list: # `run_unit`'s results, in the order of `units`
+    "Run the units through joblib (the results land in the cache)."
+    import joblib
+    if exp.kind == "file":
+        exp = dataclasses.replace(exp, dataset=str(Path(exp.dataset).resolve()), labels=None if exp.labels is None else str(Path(exp.labels).resolve()))
+    cache = Path(cache).resolve()
+    with _backend(backend, n_jobs, scheduler) as (b, nj):
+        if threads is None:
+            local = b in (None, "loky") and not scheduler
+            threads = max(1, (os.cpu_count() or 1) // max(1, nj or 1)) if local and (nj or 0) > 0 else 1
+        tasks = [joblib.delayed(run_unit)(exp, name, r, str(cache), None, True, threads) for name, r in units]
+        config = {k: v for k, v in dict(backend=b, n_jobs=nj).items() if v is not None}  # none given: the user's parallel_config
+        with joblib.parallel_config(**config): return joblib.Parallel()(tasks)  # how joblib's Dask and Ray backends are chosen
+
+# %% ../nbs/08_experiments.ipynb #0c4a8e2b
+def compute_experiment(
+    exp:Experiment, # what to run
+    cache:Path, # the cache folder: everything computed is kept under it
+    quiet:bool|None=None, # progress bars
+    n_jobs:int|None=None, # units in parallel (None: joblib's setting; 1: in this process)
+    backend:str|None=None, # "loky", "dask" or "ray" (None: joblib's setting)
+    scheduler:str|None=None, # address of an existing Dask scheduler or Ray cluster
+)->SimpleNamespace: # exp (classes resolved), results, summary, stability, curves, genes, agreement, sanity, figures, report
+    "Run `exp` through the cache (data, checks, graph, training, attributions, metrics, stability, genes, sanity checks, figures) and return its tables and report."
+    from igtcga.biomarkers import GENE_COLUMNS, agreement, class_stability, class_truth, consensus, gene_table
+    from igtcga.training import train_runs
+    cache, timings, t = Path(cache), {}, time.perf_counter()
+    def lap(stage):
+        nonlocal t
+        now = time.perf_counter(); timings[stage] = timings.get(stage, 0.0) + now - t; t = now
+    s = _setup(exp, cache, quiet, lap)
+    exp, data, label, split, transform, graph, data_dir = s.exp, s.data, s.label, s.split, s.transform, s.graph, s.data_dir
+    eval_key, metric_key, transform_note = s.eval_key, s.metric_key, s.transform_note
+    seeds, rows, stability_tables, curve_tables = list(range(1, exp.runs + 1)), [], [], []
+    truth, stats, fitted, per_model, sanity_tables = class_truth(data), None, None, {}, []
+    parallel = _parallel(n_jobs, backend)
+    if parallel:
+        done = run_units(exp, [(name, r) for name in exp.models for r in seeds], cache, n_jobs, backend, scheduler)
+        lap(f"train+explain+evaluate ({len(done)} units in parallel)")
+    for name in exp.models:
+        run_dir = _run_dir(s, name)
+        if not parallel:
+            for r in progress(seeds, desc=f"train+explain+evaluate {name}", quiet=quiet):
+                u = run_unit(exp, name, r, cache, s, quiet)
+                timings["train"] = timings.get("train", 0.0) + u["train_seconds"]
+                timings["explain+evaluate"] = timings.get("explain+evaluate", 0.0) + u["eval_seconds"]
+            t = time.perf_counter()
+        results = train_runs(model_factory(name, data, graph), data, split, runs=exp.runs, transform=transform,
+                             out_dir=run_dir, epochs=exp.epochs, shuffle=exp.shuffle, device=exp.device, quiet=True)  # checkpoints
+        ig_paths = [run_dir/f"run{r:02d}_ig_{eval_key}.npz" for r in seeds]
+        for r, res in enumerate(results, start=1):
+            m = read_metrics(run_dir/f"run{r:02d}_metrics_{metric_key}.json")
             rows.append(dict(dataset=label, model=name, run=r, seed=res.seed, train_acc=res.train_acc,
                              balanced_test_acc=res.balanced_test_acc, **m))
-        lap("explain+evaluate")
+        lap("load runs")
         paths = [run_dir/f"{k}_{metric_key}_r{exp.runs}.csv" for k in ("stability", "curves")]
         read = lambda: [load_cached(p, lambda p, c=c: read_table(p, c), f"cached {k} table")
                         for p, c, k in zip(paths, (STABILITY_COLUMNS, CURVE_COLUMNS), ("stability", "curves"))]
@@ -923,11 +1058,14 @@ def run_experiment(
     cache:str|Path|None=None, # cache folder (default: `cache_dir()`); everything computed is kept under it
     quiet:bool|None=None, # progress bars
     force:bool=False, # replace `out` even if it holds files igtcga did not write
+    n_jobs:int|None=None, # units (model × seed) in parallel through joblib (None: joblib's setting, normally 1)
+    backend:str|None=None, # "loky" (processes on this machine), "dask" or "ray" (None: joblib's setting)
+    scheduler:str|None=None, # join an existing Dask scheduler ("tcp://host:8786") or Ray cluster ("ray://host:10001")
 )->pd.DataFrame: # the results table (also written to `out/results.csv`)
     "Run `exp` end to end, reusing every cached step, and write the results, summary, report and figures to `out` as a whole."
     out = check_out(out, force)
     cache = Path(cache) if cache is not None else cache_dir()
-    run = compute_experiment(exp, cache, quiet)
+    run = compute_experiment(exp, cache, quiet, n_jobs, backend, scheduler)
     write_folder(out, lambda d: _write_run(d, run), [run.exp], force)
     return run.results
 
@@ -938,13 +1076,16 @@ def run_datasets(
     cache:str|Path|None=None, # cache folder (default: `cache_dir()`)
     quiet:bool|None=None, # progress bars
     force:bool=False, # replace `out` even if it holds files igtcga did not write
+    n_jobs:int|None=None, # units in parallel (see `run_experiment`)
+    backend:str|None=None, # "loky", "dask" or "ray"
+    scheduler:str|None=None, # address of an existing Dask scheduler or Ray cluster
 )->pd.DataFrame: # the combined results table
     "Run each experiment, then write one folder: a sub-folder per dataset, and the combined results, summary and report."
     names = [e.dataset if e.kind != "file" else Path(e.dataset).name.split(".")[0] for e in experiments]
     if len(set(names)) != len(names): raise ValueError(f"each dataset can appear once, got {names}")
     out = check_out(out, force)
     cache = Path(cache) if cache is not None else cache_dir()
-    runs = [compute_experiment(e, cache, quiet) for e in experiments]
+    runs = [compute_experiment(e, cache, quiet, n_jobs, backend, scheduler) for e in experiments]
     results = pd.concat([r.results for r in runs], ignore_index=True)
     def write(d):
         for n, r in zip(names, runs):
@@ -963,7 +1104,8 @@ def run_datasets(
 
 # %% ../nbs/08_experiments.ipynb #6f2b4d8a
 def _reproduce(dataset, models, runs, n_samples, seed, out, labels, label_column, sample_column, orientation, sep, transform,
-               baseline, studied, gap, n_steps, epochs, fixed_order, paper, device, force, quiet, de="none", quadrature="auto"):
+               baseline, studied, gap, n_steps, epochs, fixed_order, paper, device, force, quiet, de="none", quadrature="auto",
+               jobs=1, backend="loky", scheduler=None):
     "The body of `igtcga-reproduce`: build and check every experiment, then run them and print the report."
     kw = dict(models=models, data_seed=seed, labels=labels, label_column=label_column, sample_column=sample_column,
               orientation=orientation, sep={"\\t": "\t", "tab": "\t"}.get(sep, sep), transform=transform, baseline=baseline,
@@ -977,11 +1119,16 @@ def _reproduce(dataset, models, runs, n_samples, seed, out, labels, label_column
         if other: raise ValueError(f"--n-samples applies to the simulations only, not to {other[0]}")
         kw["n_samples"] = n_samples
     exps = [Experiment.paper(d, **kw) if paper else Experiment.small(d, **kw) for d in names]  # every setting checked first
+    jobs = check_int(jobs, "--jobs", 1)
+    if backend not in BACKENDS: raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if scheduler and backend == "loky": raise ValueError("--scheduler joins a Dask or Ray cluster: give --backend dask or --backend ray with it")
+    if backend != "loky": _need("dask.distributed" if backend == "dask" else "ray", f"--backend {backend}")
+    par = dict(n_jobs=jobs, backend=backend, scheduler=scheduler)
     check_out(out, force)
     for exp in exps: print(f"igtcga-reproduce: {exp.dataset}, models {', '.join(exp.models)}, {exp.runs} run(s)")
     q = True if quiet else None
-    if len(exps) == 1: run_experiment(exps[0], out, quiet=q, force=force)
-    else: run_datasets(exps, out, quiet=q, force=force)
+    if len(exps) == 1: run_experiment(exps[0], out, quiet=q, force=force, **par)
+    else: run_datasets(exps, out, quiet=q, force=force, **par)
     print(f"output in {out}/\n")
     print((Path(out)/"report.md").read_text())
 
@@ -1010,6 +1157,9 @@ def reproduce_cli(
     fixed_order:store_true=False, # train with the original's fixed batch order instead of reshuffling every epoch
     paper:store_true=False, # the study's full protocol (paper sample size, 10 seeds)
     device:str="auto", # auto, cpu or cuda
+    jobs:int=1, # units (model × seed) run in parallel
+    backend:str="loky", # where units run: loky (processes on this machine), dask or ray (pip install 'igtcga[distributed]')
+    scheduler:str=None, # join an existing cluster: tcp://host:8786 (Dask) or ray://host:10001 (Ray); the cache must be shared
     force:store_true=False, # replace --out even if it holds files igtcga did not write
     quiet:store_true=False, # no progress bars
     debug:store_true=False, # on an error, show the full traceback instead of one line

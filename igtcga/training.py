@@ -339,6 +339,7 @@ def train_runs(
     transform=None, # input transform, fitted on the training rows in every run
     out_dir:str|Path|None=None, # folder for the checkpoints (None: keep nothing, no resume)
     seeds=None, # explicit seeds instead of 1..R
+    start:int=1, # number of the first run in the checkpoint names (`run{start:02d}_seed{seed}.pt`, ...): one run of a series at a time
     quiet:bool|None=None, # hide the progress bars
     **train_kwargs, # passed on to `train` (epochs, lr, device, ...)
 )->list[TrainResult]:
@@ -348,7 +349,7 @@ def train_runs(
     if len(set(seeds)) != len(seeds): raise ValueError(f"seeds must be distinct, got {seeds}")
     hparams = _hparams(**{k: v for k, v in train_kwargs.items() if k in inspect.signature(_hparams).parameters})
     results = []
-    for r, seed in enumerate(progress(seeds, desc="runs", quiet=quiet), start=1):
+    for r, seed in enumerate(progress(seeds, desc="runs", quiet=quiet), start=check_int(start, "start", 1)):
         path = None if out_dir is None else Path(out_dir) / f"run{r:02d}_seed{seed}.pt"
         if path is not None and path.exists():
             result = load_checkpoint(path)
