@@ -24,9 +24,9 @@ from .metrics import gene_ranks, label_permutation_test, parameter_randomisation
 __all__ = ['GENE_COLUMNS', 'SANITY_PASS', 'HIGHER_IS_BETTER', 'LOWER_IS_BETTER', 'welch_test', 'binned_mutual_info', 'log_values',
            'fold_changes', 'count_matrix', 'deseq2_statistics', 'gene_statistics', 'run_class_scores', 'consensus',
            'class_truth', 'gene_table', 'agreement', 'class_stability', 'sanity_checks', 'top_gene_indices',
-           'plot_expression_heatmap', 'plot_rank_scatter', 'overlap_matrix', 'plot_overlap_heatmap',
-           'plot_metric_summary', 'how_to_read_markdown', 'genes_markdown', 'agreement_markdown', 'stability_markdown',
-           'sanity_markdown', 'biomarkers', 'rank_genes_groups']
+           'plot_expression_heatmap', 'plot_rank_scatter', 'overlap_matrix', 'plot_overlap_panels',
+           'plot_overlap_heatmap', 'plot_metric_summary', 'how_to_read_markdown', 'genes_markdown',
+           'agreement_markdown', 'stability_markdown', 'sanity_markdown', 'biomarkers', 'rank_genes_groups']
 
 # %% ../nbs/11_biomarkers.ipynb #c8e8dabe
 def welch_test(
@@ -484,25 +484,34 @@ def overlap_matrix(
     return M
 
 # %% ../nbs/11_biomarkers.ipynb #76d77c87
+def plot_overlap_panels(
+    matrices:dict, # top-k size -> names × names overlap matrix (%)
+    n_genes:int, # genes ranked (for the chance level in each panel's title)
+    title:str, # figure title
+    note:str="", # appended to each panel's title, e.g. "diagonal: stability"
+):
+    "One heatmap panel per top-k size of an overlap matrix, with its chance level k/G: the layout of every overlap figure."
+    import matplotlib.pyplot as plt, seaborn as sns
+    ks = sorted(matrices)
+    n = len(matrices[ks[0]])
+    fig, axes = plt.subplots(1, len(ks), figsize=(0.3 * n * len(ks) + 2.4 * len(ks), 0.3 * n + 1.5), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        sns.heatmap(matrices[k], vmin=0, vmax=100, annot=n <= 14, fmt=".0f", cmap="viridis", ax=ax,
+                    annot_kws=dict(fontsize=6), cbar_kws=dict(label="overlap (%)"))
+        ax.set_title(f"top-{k} overlap (chance {100 * k / n_genes:.2g} %){'; ' + note if note else ''}", fontsize=8)
+        ax.tick_params(labelsize=7 if n <= 14 else 6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
 def plot_overlap_heatmap(
     rankings:dict, # name -> (classes, genes) ranks: retrainings, consensus and statistics
     ks=(10, 100), # one panel per top-k size
     title:str="", # figure title
 ):
     "Heatmaps of the top-k overlap between retrainings, consensus and statistics (mean over classes, %)."
-    import matplotlib.pyplot as plt, seaborn as sns
     G = np.asarray(next(iter(rankings.values()))).shape[-1]
-    ks = [k for k in ks if k <= G]
-    n = len(rankings)
-    fig, axes = plt.subplots(1, len(ks), figsize=(0.45 * n * len(ks) + 2.5 * len(ks), 0.4 * n + 1.6), squeeze=False)
-    for ax, k in zip(axes[0], ks):
-        sns.heatmap(overlap_matrix(rankings, k), vmin=0, vmax=100, annot=n <= 14, fmt=".0f", cmap="viridis", ax=ax,
-                    annot_kws=dict(fontsize=6), cbar_kws=dict(label="overlap (%)"))
-        ax.set_title(f"top-{k} overlap (chance {100 * k / G:.2g} %)", fontsize=9)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(title or "agreement of the gene rankings", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return plot_overlap_panels({k: overlap_matrix(rankings, k) for k in ks if k <= G}, G, title or "agreement of the gene rankings")
 
 # %% ../nbs/11_biomarkers.ipynb #abff4653
 HIGHER_IS_BETTER = ["balanced_test_acc", "PGI_local", "PGI_global", "FA_local", "FA_global", "FA_local_diffused", "FA_global_diffused"]

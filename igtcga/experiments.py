@@ -58,6 +58,8 @@ class Experiment:
     sep:str|None=None # your own matrix: field separator (None: from the file name, else sniffed)
     transform:str="auto" # your own matrix: one of `TRANSFORM_CHOICES` ("auto": decided from the values); presets keep their recipe
     de:str|None=None # extra differential-expression test beside Welch's t in genes.csv: None or "deseq2" (raw counts only)
+    methods:tuple|None=None # the method benchmark (`igtcga.methods`): "all" or method names; None: no benchmark
+    gene_sets:str|None=None # a GMT file of gene sets for pathways.csv (default on simulations: the simulator's pathways)
 
     def __post_init__(self):
         self.models = tuple(m.strip() for m in (self.models.split(",") if isinstance(self.models, str) else self.models) if m.strip())
@@ -83,6 +85,13 @@ class Experiment:
         if self.quadrature not in QUADRATURES: raise ValueError(f"quadrature must be one of {', '.join(QUADRATURES)}, got {self.quadrature!r}")
         if self.de in ("none", ""): self.de = None
         if self.de not in (None, "deseq2"): raise ValueError(f"de must be None (no extra test) or 'deseq2', got {self.de!r}")
+        if self.gene_sets is not None:
+            if not Path(self.gene_sets).is_file(): raise FileNotFoundError(f"{self.gene_sets}: no such gene-set file; give a GMT file")
+            if self.methods is None: self.methods = ("ig", "ttest")  # gene sets alone: the headline rankings' pathways
+        if self.methods is not None:
+            from igtcga.methods import resolve_methods
+            self.methods = resolve_methods(self.methods, deseq2=self.de == "deseq2")
+            if "deseq2" in self.methods: self.de = "deseq2"  # one DESeq2 fit serves genes.csv and the benchmark
         try: get_device(self.device)
         except RuntimeError as e: raise ValueError(str(e)) from None
         if self.kind == "simulation": _check_simulation(self)
@@ -820,7 +829,12 @@ def _setup(
     label = exp.dataset if exp.kind != "file" else Path(exp.dataset).name
     plan = check_plan(exp, data.y, data.classes, data.n_genes, label)
     if exp.de == "deseq2": count_matrix(data.subset(np.arange(min(len(data.y), 200))))  # refuses non-count data before any work
-    exp = dataclasses.replace(exp, studied_classes=plan["studied"], baseline=plan["baseline"]); lap("data")
+    exp = dataclasses.replace(exp, studied_classes=plan["studied"], baseline=plan["baseline"])
+    gene_sets = None
+    if exp.gene_sets is not None:  # read (and refused if it matches no gene) before any training
+        from igtcga.methods import read_gmt
+        gene_sets = read_gmt(exp.gene_sets, data.genes)
+    lap("data")
     split = make_split(exp, data.y)
     transform, transform_note = make_transform(exp, data, split)
     key = data_key(data, split, transform)
@@ -831,7 +845,7 @@ def _setup(
     eval_key = step_key(exp.baseline, exp.studied_classes, exp.n_steps, exp.tol, exp.quadrature)
     data_dir = Path(cache)/"runs"/f"{exp.dataset if exp.kind != 'file' else Path(exp.dataset).stem}-{key}"
     return SimpleNamespace(exp=exp, data=data, label=label, split=split, transform=transform, transform_note=transform_note,
-                           key=key, graph=graph, eval_key=eval_key, metric_key=step_key(eval_key, exp.gap, exp.n_random, exp.graph_threshold),
+                           key=key, graph=graph, eval_key=eval_key, gene_sets=gene_sets, metric_key=step_key(eval_key, exp.gap, exp.n_random, exp.graph_threshold),
                            data_dir=data_dir)
 
 def _run_dir(s:SimpleNamespace, name:str)->Path:
@@ -966,7 +980,7 @@ def compute_experiment(
     exp, data, label, split, transform, graph, data_dir = s.exp, s.data, s.label, s.split, s.transform, s.graph, s.data_dir
     eval_key, metric_key, transform_note = s.eval_key, s.metric_key, s.transform_note
     seeds, rows, stability_tables, curve_tables = list(range(1, exp.runs + 1)), [], [], []
-    truth, stats, fitted, per_model, sanity_tables = class_truth(data), None, None, {}, []
+    truth, stats, fitted, per_model, sanity_tables, trained = class_truth(data), None, None, {}, [], {}
     parallel = _parallel(n_jobs, backend)
     if parallel:
         done = run_units(exp, [(name, r) for name in exp.models for r in seeds], cache, n_jobs, backend, scheduler)
@@ -982,6 +996,7 @@ def compute_experiment(
         results = train_runs(model_factory(name, data, graph), data, split, runs=exp.runs, transform=transform,
                              out_dir=run_dir, epochs=exp.epochs, shuffle=exp.shuffle, device=exp.device, quiet=True)  # checkpoints
         ig_paths = [run_dir/f"run{r:02d}_ig_{eval_key}.npz" for r in seeds]
+        trained[name] = results
         for r, res in enumerate(results, start=1):
             m = read_metrics(run_dir/f"run{r:02d}_metrics_{metric_key}.json")
             rows.append(dict(dataset=label, model=name, run=r, seed=res.seed, train_acc=res.train_acc,
@@ -1022,9 +1037,15 @@ def compute_experiment(
     sanity = pd.concat(sanity_tables, ignore_index=True)
     genes_csv = genes.to_csv(index=False, float_format="%.4g")  # formatted here, so that its time is in the stage table
     lap("genes+statistics")
+    bench = None
+    if exp.methods:
+        from igtcga.methods import benchmark_experiment
+        bench = benchmark_experiment(s, trained, stats, quiet)
+        lap("methods benchmark")
     train = np.asarray(split.train, dtype=np.int64)
     X_train = fitted.transform(data.X[train]) if fitted is not None else data.X[train]
     figures = biomarker_figures(label, results, per_model, stats, X_train, data.y[train], data.classes, data.genes, exp.studied_classes)
+    if bench is not None: figures.update(bench.figures)
     lap("figures")
     tidy = lambda tables: (lambda t: t[["dataset", "model"] + list(t.columns[:-2])])(pd.concat(tables, ignore_index=True))
     stability = tidy(stability_tables)
@@ -1033,9 +1054,10 @@ def compute_experiment(
                  log_scale=str(stats["log_scale"]), n_genes=data.n_genes, n_classes=data.n_classes, truth=truth is not None,
                  deseq2_seconds=float(stats["deseq2_seconds"]) if "deseq2_seconds" in stats else None)
     lap("report")
+    report = report_markdown(exp, summary, timings, seeds, section, extra) + ("" if bench is None else "\n\n" + bench.markdown + "\n")
     return SimpleNamespace(exp=exp, results=results, summary=summary, stability=stability, curves=tidy(curve_tables),
                            genes=genes, genes_csv=genes_csv, agreement=agree, class_stability=by_class, sanity=sanity, figures=figures,
-                           report=report_markdown(exp, summary, timings, seeds, section, extra))
+                           report=report, bench=bench)
 
 # %% ../nbs/08_experiments.ipynb #2e6a0c4d
 def _write_run(folder:Path, run:SimpleNamespace)->None:
@@ -1050,6 +1072,11 @@ def _write_run(folder:Path, run:SimpleNamespace)->None:
     with atomic_write(folder/"agreement.csv", "w") as f: run.agreement.to_csv(f, index=False, float_format="%.4f")
     with atomic_write(folder/"sanity.csv", "w") as f: run.sanity.to_csv(f, index=False, float_format="%.4f")
     with atomic_write(folder/"report.md", "w") as f: f.write(run.report)
+    b = getattr(run, "bench", None)
+    if b is not None:  # the method benchmark: methods.csv, methods_summary.csv, sufficiency.csv and pathways.csv
+        for name, table in (("methods", b.methods), ("methods_summary", b.summary), ("sufficiency", b.sufficiency), ("pathways", b.pathways)):
+            if table is not None:
+                with atomic_write(folder/f"{name}.csv", "w") as f: table.to_csv(f, index=False, float_format="%.4g")
 
 # %% ../nbs/08_experiments.ipynb #7f1978e4
 def run_experiment(
@@ -1092,7 +1119,8 @@ def run_datasets(
             (d/n).mkdir(); _write_run(d/n, r); write_manifest(d/n, [r.exp])
         with atomic_write(d/"results.csv", "w") as f: results.to_csv(f, index=False, float_format="%.4f")
         with atomic_write(d/"summary.csv", "w") as f: summarise(results).to_csv(f, index=False, float_format="%.4f")
-        for name in ("stability", "curves", "agreement", "sanity"):
+        benched = [n for n in ("methods", "methods_summary", "sufficiency", "pathways") if all((d/m/f"{n}.csv").exists() for m in names)]
+        for name in ("stability", "curves", "agreement", "sanity", *benched):
             with atomic_write(d/f"{name}.csv", "w") as f:
                 pd.concat([pd.read_csv(d/n/f"{name}.csv").assign(dataset=n) if name == "agreement" else pd.read_csv(d/n/f"{name}.csv")
                            for n in names]).to_csv(f, index=False)
@@ -1105,11 +1133,12 @@ def run_datasets(
 # %% ../nbs/08_experiments.ipynb #6f2b4d8a
 def _reproduce(dataset, models, runs, n_samples, seed, out, labels, label_column, sample_column, orientation, sep, transform,
                baseline, studied, gap, n_steps, epochs, fixed_order, paper, device, force, quiet, de="none", quadrature="auto",
-               jobs=1, backend="loky", scheduler=None):
+               jobs=1, backend="loky", scheduler=None, methods=None, gene_sets=None):
     "The body of `igtcga-reproduce`: build and check every experiment, then run them and print the report."
     kw = dict(models=models, data_seed=seed, labels=labels, label_column=label_column, sample_column=sample_column,
               orientation=orientation, sep={"\\t": "\t", "tab": "\t"}.get(sep, sep), transform=transform, baseline=baseline,
-              studied_classes=studied, gap=gap, epochs=epochs, shuffle=not fixed_order, device=device, de=de, quadrature=quadrature)
+              studied_classes=studied, gap=gap, epochs=epochs, shuffle=not fixed_order, device=device, de=de, quadrature=quadrature,
+              methods=methods, gene_sets=gene_sets)
     if runs is not None: kw["runs"] = runs
     if n_steps is not None: kw["n_steps"] = n_steps
     names = [dataset] if Path(dataset).exists() else [d.strip() for d in dataset.split(",") if d.strip()]
@@ -1148,6 +1177,8 @@ def reproduce_cli(
     sep:str=None, # your own matrix: field separator (default: from the file name, else sniffed); \t or tab for a tab
     transform:str="auto", # your own matrix: auto (decided from the values), log2, cpm-log2, standardize or none
     de:str="none", # extra differential-expression test in genes.csv: none or deseq2 (raw counts only; pip install 'igtcga[de]')
+    methods:str=None, # method benchmark: all, or a comma list (ig, ig_logit, ig_zero, deeplift, saliency, ttest, pc1, random, ...): methods.csv
+    gene_sets:str=None, # GMT file of gene sets (e.g. MSigDB Hallmark) for pathways.csv; simulations default to their own pathways
     baseline:str=None, # IG baseline: zero, train_mean or class_mean:CLASS (default: the study's choice for the dataset)
     studied:str=None, # classes explained and evaluated, comma-separated names or indices (default: the study's choice)
     gap:int=10, # genes replaced per prediction-gap step

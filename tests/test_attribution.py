@@ -653,3 +653,21 @@ def test_bad_inputs(data):
         explain(model, X_nan.numpy(), labels=y.numpy())
     with pytest.raises(ValueError, match="fewer than 2 samples"):
         ttest_scores(np.ones((5, 2)), np.array([0, 0, 0, 0, 1]))
+
+
+@pytest.mark.parametrize("make", [lambda: __import__("igtcga.models", fromlist=["LR"]).LR(200, 3),
+                                  lambda: __import__("igtcga.models", fromlist=["MLP"]).MLP(200, 3)], ids=["LR", "MLP"])
+def test_fast_gradient_shap_and_captums_estimate_the_same_integral(make):
+    "GradientSHAP with one baseline is Monte-Carlo IG: with many draws, the fast path and Captum's both reach exact IG."
+    from igtcga.attribution import attribute, integrated_gradients
+    torch.manual_seed(0)
+    model = make().eval()
+    X, y = torch.randn(24, 200) * 2, torch.randint(0, 3, (24,))
+    exact = integrated_gradients(model, X, y, 0.0)
+    rel = lambda a: float((a - exact).norm() / exact.norm())
+    fast = attribute(model, X, y, 0.0, method="gradient_shap", n_steps=3000, seed=1)
+    captum = attribute(model, X, y, 0.0, method="gradient_shap", n_steps=3000, path="captum", seed=1)
+    assert rel(fast) < 0.02 and rel(captum) < 0.02
+    few = attribute(model, X, y, 0.0, method="gradient_shap", n_steps=20, seed=1)
+    assert rel(few) > rel(fast)  # it is an estimate: fewer draws, more error
+    torch.testing.assert_close(few, attribute(model, X, y, 0.0, method="gradient_shap", n_steps=20, seed=1), rtol=0, atol=0)
