@@ -199,6 +199,7 @@ BENCHMARKS = {
     "attribution": "igtcga.attribution:_benchmark",
     "metrics": "igtcga.metrics:_benchmark",
     "tcga": "igtcga.tcga:_benchmark",
+    "stages": "igtcga.experiments:_benchmark",
 }
 
 # %% ../nbs/09_bench.ipynb #7efa82d2
@@ -231,7 +232,7 @@ def run_benchmarks(
 
 # %% ../nbs/09_bench.ipynb #0bff0f2a
 def benchmark(
-    name:str, # one of `BENCHMARKS`: simulate, graph, epoch, attribution, metrics, tcga
+    name:str, # one of `BENCHMARKS`: simulate, graph, epoch, attribution, metrics, tcga, stages
     quick:bool=False, # the short version
 )->pd.DataFrame:
     "Run one benchmark of `BENCHMARKS` and return its table (`run_benchmarks` runs several)."
@@ -241,7 +242,7 @@ def benchmark(
 # %% ../nbs/09_bench.ipynb #c3c82511
 @call_parse
 def bench_cli(
-    *names:str, # benchmarks to run: simulate, graph, epoch, attribution, metrics, tcga (default: all)
+    *names:str, # benchmarks to run: simulate, graph, epoch, attribution, metrics, tcga, stages (default: all)
     quick:store_true=False, # the short version, about a minute in all
     csv:str=None, # also write the table to this CSV file
 ):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['set_seed', 'get_device', 'cache_dir', 'atomic_write', 'check_finite', 'progress', 'forward', 'unit_rows']
+__all__ = ['set_seed', 'get_device', 'cache_dir', 'atomic_write', 'csv_text', 'check_finite', 'progress', 'forward', 'unit_rows']
 
 # %% ../nbs/00_core.ipynb #3b6ede9c
 def check_int(
@@ -119,6 +119,28 @@ def atomic_write(
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+# %% ../nbs/00_core.ipynb #0c6f1e69
+def csv_text(
+    df, # a pandas DataFrame
+    float_format:str="%.4g", # %-format of the float columns (NaN: an empty field)
+)->str: # the CSV text, header first, without the index
+    "`df.to_csv(index=False, float_format=...)`, several times faster on large tables: columns formatted as lists, rows written by `csv`."
+    import csv, io
+    import pandas as pd
+    cols = []
+    for name in df.columns:
+        v = df[name]
+        if pd.api.types.is_float_dtype(v.dtype):
+            cols.append([float_format % x if x == x else "" for x in v.tolist()])
+        else:  # each distinct value formatted once
+            codes, uniques = pd.factorize(v)
+            cols.append(np.array([str(u) for u in uniques] + [""], dtype=object)[codes].tolist())  # code -1 (missing): ""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow([str(c) for c in df.columns])
+    w.writerows(zip(*cols))
+    return out.getvalue()
 
 # %% ../nbs/00_core.ipynb #02e9e870
 def check_finite(

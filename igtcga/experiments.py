@@ -6,7 +6,7 @@ Docs: https://igtcga.github.io/igtcga/experiments.html.md"""
 
 # %% ../nbs/08_experiments.ipynb #69c09678
 from __future__ import annotations
-import csv, dataclasses, hashlib, io, json, logging, math, os, re, shutil, socket, sys, tempfile, time, uuid
+import csv, dataclasses, hashlib, io, json, logging, math, os, re, shutil, socket, sys, tempfile, time, uuid, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ import pandas as pd
 from fastcore.script import call_parse, store_true
 
 from . import __version__
-from .core import _umask, atomic_write, cache_dir, check_int, get_device, progress, run_cli
+from .core import _umask, atomic_write, cache_dir, check_int, csv_text, get_device, progress, run_cli
 from .data import (DATASETS, TRANSFORM_CHOICES, ExprData, choose_transform, dataset_info, describe_reading, paper_split,
                          read_expression, stratified_split, transform_for)
 from .models import MODELS, build_model
@@ -1035,7 +1035,7 @@ def compute_experiment(
     by_class = pd.concat([class_stability(p.cons["run_ranks"][:, [c for c in (exp.studied_classes or range(data.n_classes))]], ks)
                           .assign(model=m) for m, p in per_model.items()], ignore_index=True) if per_model else pd.DataFrame()
     sanity = pd.concat(sanity_tables, ignore_index=True)
-    genes_csv = genes.to_csv(index=False, float_format="%.4g")  # formatted here, so that its time is in the stage table
+    genes_csv = csv_text(genes, "%.4g")  # formatted here, so that its time is in the stage table
     lap("genes+statistics")
     bench = None
     if exp.methods:
@@ -1076,7 +1076,7 @@ def _write_run(folder:Path, run:SimpleNamespace)->None:
     if b is not None:  # the method benchmark: methods.csv, methods_summary.csv, sufficiency.csv and pathways.csv
         for name, table in (("methods", b.methods), ("methods_summary", b.summary), ("sufficiency", b.sufficiency), ("pathways", b.pathways)):
             if table is not None:
-                with atomic_write(folder/f"{name}.csv", "w") as f: table.to_csv(f, index=False, float_format="%.4g")
+                with atomic_write(folder/f"{name}.csv", "w") as f: f.write(csv_text(table, "%.4g"))
 
 # %% ../nbs/08_experiments.ipynb #7f1978e4
 def run_experiment(
@@ -1121,9 +1121,14 @@ def run_datasets(
         with atomic_write(d/"summary.csv", "w") as f: summarise(results).to_csv(f, index=False, float_format="%.4f")
         benched = [n for n in ("methods", "methods_summary", "sufficiency", "pathways") if all((d/m/f"{n}.csv").exists() for m in names)]
         for name in ("stability", "curves", "agreement", "sanity", *benched):
+            texts = [(d/n/f"{name}.csv").read_text() for n in names]
+            heads = {t.split("\n", 1)[0] for t in texts}
             with atomic_write(d/f"{name}.csv", "w") as f:
-                pd.concat([pd.read_csv(d/n/f"{name}.csv").assign(dataset=n) if name == "agreement" else pd.read_csv(d/n/f"{name}.csv")
-                           for n in names]).to_csv(f, index=False)
+                if name != "agreement" and len(heads) == 1:  # the same columns: the files one after the other, header once
+                    f.write(texts[0] + "".join(t.split("\n", 1)[1] for t in texts[1:]))
+                else:
+                    pd.concat([pd.read_csv(d/n/f"{name}.csv").assign(dataset=n) if name == "agreement" else pd.read_csv(d/n/f"{name}.csv")
+                               for n in names]).to_csv(f, index=False)
         link = lambda n, text: re.sub(r"\]\((\w+\.png)\)", lambda m: f"]({n}/{m[1]})", text)  # figures live in the sub-folders
         with atomic_write(d/"report.md", "w") as f:
             f.write("Each dataset's files, `genes.csv` included, are in its sub-folder.\n\n" + "\n\n".join(link(n, r.report) for n, r in zip(names, runs)))
@@ -1199,3 +1204,113 @@ def reproduce_cli(
     args = dict(locals())
     debug = args.pop("debug")
     return run_cli("igtcga-reproduce", _reproduce, debug, "interrupted; run the same command again to resume from the cache", **args)
+
+# %% ../nbs/08_experiments.ipynb #43fd52e1
+def _machine_rates()->dict:
+    "This machine's measured rates with the current threads: float32 matrix-product FLOP/s and memory bandwidth (bytes/s of a large copy), best of 3."
+    import torch
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    src = torch.randn(50_000_000)
+    dst = torch.empty_like(src)
+    def best(f):
+        f()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter(); f(); times.append(time.perf_counter() - t0)
+        return min(times)
+    return dict(flops=2 * 2048**3 / best(lambda: torch.mm(a, b)), bandwidth=2 * src.numel() * 4 / best(lambda: dst.copy_(src)))
+
+
+# %% ../nbs/08_experiments.ipynb #ba168344
+def _timed(fn, *args, **kwargs)->tuple:
+    "(fn's result, its wall seconds)."
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+# %% ../nbs/08_experiments.ipynb #f81e9ab8
+def _stage_row(stage:str, seconds:float, flops:float, nbytes:float, rates:dict, note:str="")->dict:
+    "One row of `igtcga-bench stages`: the stage's time next to its floor, max(FLOPs / FLOP rate, bytes / bandwidth)."
+    floor = max(flops / rates["flops"], nbytes / rates["bandwidth"])
+    bound = "compute" if flops / rates["flops"] >= nbytes / rates["bandwidth"] else "memory"
+    return dict(benchmark="stages", case=stage, ours_s=seconds, reference_s=floor, ratio=floor / seconds if seconds > 0 else np.nan,
+                peak_mb=np.nan, gflop=flops / 1e9, gbyte=nbytes / 1e9, bound=bound, times_floor=seconds / floor if floor > 0 else np.nan,
+                note=f"reference: the floor ({bound}-bound)" + (f"; {note}" if note else ""))
+
+
+# %% ../nbs/08_experiments.ipynb #6d810748
+def _profile_model(s:SimpleNamespace, name:str, rates:dict, quiet=True)->list[dict]:
+    "The stage rows of one retraining of model `name`: training epoch, IG, each prediction-gap ordering set, FA, diffusion, stability, curves."
+    from igtcga.metrics import FeatureAgreement, PredictionGap, _pg_setup, accuracy_curves, diffuse, gene_scores, ranking_stability
+    from igtcga.training import train
+    exp, data, graph = s.exp, s.data, s.graph
+    res = train(model_factory(name, data, graph)(), data, s.split, s.transform, epochs=exp.epochs, seed=1, shuffle=exp.shuffle,
+                device=exp.device, quiet=True)
+    model = res.model
+    H = model.first_linear.out_features
+    C, G, n_tr, f4 = data.n_classes, data.n_genes, len(res.train_idx), 4
+    steps = -(-n_tr // 32)
+    drop = 2 * n_tr * G * f4 if name.endswith("LR") else 0  # the input dropout's mask, written and read
+    rows = [_stage_row(f"{name}: training epoch", res.seconds / exp.epochs, 4 * n_tr * G * H, n_tr * G * f4 + drop + steps * 6 * G * H * f4,
+                       rates, "forward and weight gradient of the first layer; SGD reads and writes weights, gradient and momentum" +
+                       ("; the dropout mask's random draws are not counted" if drop else ""))]
+    att, sec = _timed(explained_test, exp, res, data, None, quiet)
+    n = len(att.scores)
+    rows.append(_stage_row(f"{name}: IG ({att.quadrature or att.method}), {n} samples", sec, 4 * n * G * H, 2 * n * G * f4,
+                           rates, "first layer at the input, the path's gradient back through it"))
+    S = _pg_setup(model, att)
+    nc, P = int(S["correct"].sum()), G // exp.gap
+    head = 2 * H * C if H != C else 0
+    per_order = 2 * nc * G * H + P * nc * (head + 5 * C)  # the blocks through the first layer, the head and softmax at every point
+    for scope, first in (("local", "unimportant"), ("local", "important"), ("global", "unimportant"), ("global", "important"), ("random", "important")):
+        m = PredictionGap(scope, first, exp.gap, exp.n_random)
+        k = exp.n_random if scope == "random" else 1
+        _, sec = _timed(m._sample_gaps, S)
+        moved = nc * G * (28 if scope == "local" else 8) * k  # per-sample: the sort, the ordering, the gathered differences, the sparse matrix
+        rows.append(_stage_row(f"{name}: {m.name} ({k} ordering{'s' if k > 1 else ''})", sec, per_order * k, moved, rates,
+                               "the sort of each sample's scores is not counted" if scope == "local" else ""))
+    for scope in ("local", "global"):
+        _, sec = _timed(FeatureAgreement(scope), model, att)
+        rows.append(_stage_row(f"{name}: FA_{scope}", sec, 3 * n * G, 3 * n * G * f4, rates, "normalise, select the top k"))
+    if graph is not None:
+        nnz = graph.diffusion.nnz
+        _, sec = _timed(diffuse, att.scores, graph.diffusion)
+        rows.append(_stage_row(f"{name}: diffusion of the attributions (nnz {nnz})", sec, 2 * n * nnz, 2 * n * G * f4 + 12 * nnz, rates))
+    ranking, sec1 = _timed(gene_scores, att.scores, att.labels, "balanced_abs", correct=att.correct)
+    R = max(2, exp.runs)
+    rankings = ranking[None] + np.random.default_rng(0).normal(0, ranking.std() + 1e-12, (R, G)).astype(ranking.dtype)  # R runs' worth
+    _, sec2 = _timed(ranking_stability, rankings)
+    rows.append(_stage_row(f"{name}: stability ({R} rankings)", sec1 * R + sec2, R * 3 * n * G, R * n * G * f4, rates,
+                           "one ranking per run from its attributions, then top-k overlaps of every pair"))
+    ks = np.unique(np.geomspace(1, G, 30).astype(np.int64))
+    table, sec = _timed(accuracy_curves, model, att, k_class=ks, k_global=ks, n_random=10)
+    moved = np.minimum(table.n_kept, G - table.n_kept).to_numpy(np.float64)  # genes away from the baseline, or back to it
+    rows.append(_stage_row(f"{name}: accuracy curves ({len(table)} gene sets)", sec, 2 * nc * H * moved.sum(), f4 * nc * moved.sum(), rates,
+                           "each set's first-layer input from its kept (or dropped) genes, whichever are fewer"))
+    return rows
+
+
+# %% ../nbs/08_experiments.ipynb #47e9d7ce
+def _benchmark(
+    quick:bool=False, # SIMU1 at its small size instead of the paper's 9900 samples
+    tiny:bool=False, # a tiny simulation, for tests: every code path in seconds
+)->list[dict]:
+    "Rows for `igtcga-bench stages`: every stage and sub-stage of one SIMU1 retraining of LR and MLP, timed, next to its floor."
+    exp = (Experiment(dataset="SIMU1", runs=2, n_samples=330, epochs=2, n_random=2) if tiny
+           else Experiment.small("SIMU1") if quick else Experiment.paper("SIMU1"))
+    rates = _machine_rates()
+    with tempfile.TemporaryDirectory() as d:
+        timings, t = {}, [time.perf_counter()]
+        def lap(stage): timings[stage] = time.perf_counter() - t[0]; t[0] = time.perf_counter()
+        s = _setup(exp, Path(d), True, lap)
+    d, G = s.data, s.data.n_genes
+    n_tr = len(s.split.train)
+    rows = [_stage_row(f"simulate {d.n_samples} × {G}", timings["data"], 0, d.n_samples * G * 8, rates, "writing the counts"),
+            _stage_row(f"correlation graph, {n_tr} × {G}", timings["graph"], 2 * n_tr * G * G, n_tr * G * 4, rates, "every pair of genes")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # e.g. classes without a correct sample at the tiny size
+        for name in exp.models: rows += _profile_model(s, name, rates)
+    for r in rows: r["note"] += f"; rates {rates['flops'] / 1e9:.0f} GFLOP/s, {rates['bandwidth'] / 1e9:.1f} GB/s"
+    return rows
+

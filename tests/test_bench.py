@@ -105,7 +105,7 @@ def test_error_in_child_is_reported():
     assert run_stdin(script, timeout=60).strip() == "ok"
 
 
-@pytest.mark.parametrize("notebook", ["01_simulation", "02a_tcga", "03_graph", "05_training"])
+@pytest.mark.parametrize("notebook", ["01_simulation", "02a_tcga", "03_graph", "05_training", "08_experiments"])
 def test_benchmark_cell_code_paths(notebook):
     "The notebook's benchmark run from its own cells in `__main__`, at tiny sizes; every notebook function has its igtcga namesake."
     t0 = time.perf_counter()

@@ -861,3 +861,51 @@ def test_informative_genes_of_a_simulated_dataset_with_subclasses():
     for s in (0, 1):  # own 40 genes plus the 40 genes of class 1 (subclass 2), protocol §3.5
         assert inf[s].tolist() == sorted(set(d.truth[s].tolist()) | set(d.truth[2].tolist())) and len(inf[s]) == 80
     assert len(inf[2]) == 120  # subclass 2 (class 1) with both subclasses of class 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_mask_picks_the_genes_of_the_stable_sort(seed):
+    "`_top_mask` (selection, no sort) keeps exactly the genes of a stable descending argsort, ties and NaN included."
+    from igtcga.metrics import _top_mask
+    rng = np.random.default_rng(seed)
+    S = rng.integers(-3, 4, (40, 60)).astype(np.float32)  # many ties
+    S[rng.random(S.shape) < 0.05] = np.nan
+    S[0] = 0.0  # a row that is all ties
+    ref_scores = np.where(np.isnan(S), -np.inf, S)
+    for k in (1, 2, 7, 30, 59, 60):
+        want = np.zeros(S.shape, bool)
+        np.put_along_axis(want, np.argsort(-ref_scores, axis=1, kind="stable")[:, :k], True, axis=1)
+        got = _top_mask(S, k, block=7)  # blocks of rows that do not divide the rows
+        assert (got == want).all() and (got.sum(1) == k).all(), k
+
+
+@pytest.mark.parametrize("make", [lr_like, mlp_like], ids=["LR-like", "MLP-like"])
+def test_curves_through_the_first_layer_equal_forward_passes(make):
+    "The kept-gene accuracies computed through the linear first layer equal those of masked forward passes, for every curve."
+    import igtcga.metrics as M
+    G, C, n = 60, 4, 40
+    model = make(G, C)
+    X, _, b = data(n, G, C, seed=3)
+    y = model(X).argmax(1).numpy()
+    A = np.random.default_rng(3).standard_normal((n, G))
+    att = att_of(X.numpy(), y, A, b.numpy())
+    assert M._linear_parts(model) is not None
+    fast = accuracy_curves(model, att, n_random=4)
+    forward = lambda model, X, y, b, masks: M._kept_accuracy(model, X, y, b, masks)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(M, "_curve_accuracies", forward)
+        slow = accuracy_curves(model, att, n_random=4)
+    assert set(fast.curve) == set(M.CURVES)
+    pd.testing.assert_frame_equal(fast, slow, rtol=0, atol=1e-9)
+
+
+def test_average_ranks_equal_scipys_rankdata_with_ties():
+    "The fast row ranks equal `scipy.stats.rankdata` (average ties), and so do the Spearman numbers built on them."
+    from scipy.stats import rankdata
+    from igtcga.metrics import _average_ranks
+    rng = np.random.default_rng(5)
+    for u in (rng.standard_normal((7, 300)), rng.integers(0, 4, (9, 50)).astype(float), np.zeros((3, 20)), rng.standard_normal((1, 1))):
+        np.testing.assert_array_equal(_average_ranks(u), rankdata(u, axis=1))
+    a, b = rng.integers(0, 5, (6, 40)).astype(float), rng.standard_normal((6, 40))
+    want = np.mean([spearmanr(x, y)[0] for x, y in zip(a, b)])
+    assert attribution_similarity(a, b)["spearman"] == pytest.approx(want, abs=1e-12)
