@@ -104,8 +104,9 @@ class Experiment:
 
     @classmethod
     def paper(cls, dataset:str="SIMU1", **kwargs)->Experiment:
-        "The study's protocol: paper sample size, 10 seeds, 3000 IG steps."
-        return cls(**{**dict(dataset=dataset, runs=10, n_samples=None), **kwargs})
+        "The study's protocol: paper sample size, 10 seeds, 3000 IG steps, and the study's batch order (fixed for the simulations)."
+        fixed = dataset in DATASETS and DATASETS[dataset].kind == "simulation"  # the original reshuffled only the TCGA batches
+        return cls(**{**dict(dataset=dataset, runs=10, n_samples=None, shuffle=not fixed), **kwargs})
 
     def to_dict(self)->dict:
         d = dataclasses.asdict(self)
@@ -1138,12 +1139,14 @@ def run_datasets(
 # %% ../nbs/08_experiments.ipynb #6f2b4d8a
 def _reproduce(dataset, models, runs, n_samples, seed, out, labels, label_column, sample_column, orientation, sep, transform,
                baseline, studied, gap, n_steps, epochs, fixed_order, paper, device, force, quiet, de="none", quadrature="auto",
-               jobs=1, backend="loky", scheduler=None, methods=None, gene_sets=None):
+               jobs=1, backend="loky", scheduler=None, methods=None, gene_sets=None, reshuffle=False):
     "The body of `igtcga-reproduce`: build and check every experiment, then run them and print the report."
     kw = dict(models=models, data_seed=seed, labels=labels, label_column=label_column, sample_column=sample_column,
               orientation=orientation, sep={"\\t": "\t", "tab": "\t"}.get(sep, sep), transform=transform, baseline=baseline,
-              studied_classes=studied, gap=gap, epochs=epochs, shuffle=not fixed_order, device=device, de=de, quadrature=quadrature,
+              studied_classes=studied, gap=gap, epochs=epochs, device=device, de=de, quadrature=quadrature,
               methods=methods, gene_sets=gene_sets)
+    if fixed_order and reshuffle: raise ValueError("--fixed-order and --reshuffle contradict each other: give at most one")
+    if fixed_order or reshuffle: kw["shuffle"] = bool(reshuffle)  # else the default: the study's order with --paper, reshuffled without
     if runs is not None: kw["runs"] = runs
     if n_steps is not None: kw["n_steps"] = n_steps
     names = [dataset] if Path(dataset).exists() else [d.strip() for d in dataset.split(",") if d.strip()]
@@ -1190,8 +1193,9 @@ def reproduce_cli(
     n_steps:int=None, # IG steps of the non-exact rules (default 3000)
     quadrature:str="auto", # IG rule: auto (exact for igtcga's models), exact, gausslegendre (the study's 3000 nodes), riemann_trapezoid, ...
     epochs:int=25, # training epochs
-    fixed_order:store_true=False, # train with the original's fixed batch order instead of reshuffling every epoch
-    paper:store_true=False, # the study's full protocol (paper sample size, 10 seeds)
+    fixed_order:store_true=False, # train with the original's fixed batch order (the default with --paper on the simulations)
+    reshuffle:store_true=False, # reshuffle the batches every epoch (the default, except with --paper on the simulations)
+    paper:store_true=False, # the study's full protocol (paper sample size, 10 seeds, the study's batch order)
     device:str="auto", # auto, cpu or cuda
     jobs:int=1, # units (model × seed) run in parallel
     backend:str="loky", # where units run: loky (processes on this machine), dask or ray (pip install 'igtcga[distributed]')

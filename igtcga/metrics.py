@@ -20,9 +20,9 @@ from .core import check_finite, check_int, evaluating, forward, model_device_dty
 
 # %% auto #0
 __all__ = ['CURVES', 'diffuse', 'PredictionGap', 'prediction_gaps', 'FeatureAgreement', 'AttributionAUC', 'evaluate',
-           'feature_agreements', 'gene_scores', 'gene_ranks', 'accuracy_curves', 'AccuracyCurves', 'plot_curves',
-           'topk_overlap', 'ranking_stability', 'rank_correlations', 'plot_stability_heatmap', 'attribution_similarity',
-           'parameter_randomisation_test', 'label_permutation_test']
+           'feature_agreements', 'topk_composition', 'gene_scores', 'gene_ranks', 'accuracy_curves', 'AccuracyCurves',
+           'plot_curves', 'topk_overlap', 'ranking_stability', 'rank_correlations', 'plot_stability_heatmap',
+           'attribution_similarity', 'parameter_randomisation_test', 'label_permutation_test']
 
 # %% ../nbs/07_metrics.ipynb #a7d67e6a
 def _as_numpy(values, name:str, ndim:int|None=None)->np.ndarray:
@@ -585,6 +585,32 @@ def feature_agreements(
     if diffusion is not None: metrics += [FeatureAgreement("local", diffusion=diffusion), FeatureAgreement("global", rule, diffusion=diffusion)]
     if auc: metrics += [AttributionAUC(c, s) for c in ("roc", "pr") for s in ("local", "global")]
     return evaluate(model, att, metrics)
+
+# %% ../nbs/07_metrics.ipynb #538ba93c
+def topk_composition(
+    attributions, # samples × genes
+    groups, # group (class or subclass) of each sample
+    informative:dict, # group -> its informative gene indices
+    correct=None, # boolean mask of the samples to use (default: all)
+    scope:str="local", # "local": each sample's top k; "global": the top k of the group's summed scores
+    diffusion=None, # diffusion operator Â applied first (as in the diffused FA), or None
+    normalize:bool=True, # L2-normalise each sample first (after diffusion)
+    importance:str="signed", # rank by "signed" attribution or by "abs" value
+)->pd.DataFrame: # one row per group: n_samples, k, own, other, none (% of the top-k genes)
+    "Where each group's top-k genes come from: its own informative genes (FA), another group's only, or no group's."
+    _check_choice(scope, "scope", ("local", "global"))
+    A, g, ok, studied, masks = _group_setup(attributions, groups, informative, correct, None, diffusion, normalize, importance)
+    union = np.zeros(A.shape[1], bool)
+    for genes in informative.values(): union[np.asarray(genes, dtype=np.int64)] = True
+    rows = []
+    for s in studied:
+        sel, k = A[ok & (g == s)], int(masks[s].sum())
+        if len(sel) == 0: rows.append(dict(group=s, n_samples=0, k=k, own=np.nan, other=np.nan, none=np.nan)); continue
+        top = _top_mask(sel, k) if scope == "local" else _top_mask(sel.sum(0, dtype=np.float64)[None], k)
+        n = top.sum()
+        rows.append(dict(group=s, n_samples=len(sel), k=k, own=100 * (top & masks[s]).sum() / n,
+                         other=100 * (top & ~masks[s] & union).sum() / n, none=100 * (top & ~union).sum() / n))
+    return pd.DataFrame(rows, columns=["group", "n_samples", "k", "own", "other", "none"])
 
 # %% ../nbs/07_metrics.ipynb #f36698d3
 CURVES = ("top per class", "bottom per class", "top overall", "bottom overall", "random", "random outside top")

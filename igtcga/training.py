@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from torch import nn
-from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from .bench import measure
 from .core import (atomic_path, check_finite, check_int, evaluating, forward, get_device, progress,

@@ -82,6 +82,16 @@ def test_defaults_follow_the_study():
     assert (brca.dataset, brca.baseline, brca.studied_classes, brca.split) == ("brca", "class_mean:1", [0], "paper")
     assert Experiment(dataset="data.csv").split == "stratified"
     assert Experiment.paper("SIMU2").runs == 10 and Experiment.paper("SIMU2").n_samples is None
+    assert not Experiment.paper("SIMU2").shuffle and Experiment.paper("brca").shuffle  # the study's batch order per dataset
+
+
+def test_batch_order_flags(tmp_path, capsys):
+    from igtcga.experiments import _reproduce
+    args = dict(dataset="SimuA", models="LR", runs=1, n_samples=None, seed=0, out=str(tmp_path/"out"), labels=None, label_column="class",
+                sample_column=None, orientation="auto", sep=None, transform="auto", baseline=None, studied=None, gap=10, n_steps=None,
+                epochs=1, paper=True, device="cpu", force=False, quiet=True)
+    with pytest.raises(ValueError, match="contradict"): _reproduce(**args, fixed_order=True, reshuffle=True)
+    assert not (tmp_path/"out").exists()  # refused before any work
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -909,3 +909,31 @@ def test_average_ranks_equal_scipys_rankdata_with_ties():
     a, b = rng.integers(0, 5, (6, 40)).astype(float), rng.standard_normal((6, 40))
     want = np.mean([spearmanr(x, y)[0] for x, y in zip(a, b)])
     assert attribution_similarity(a, b)["spearman"] == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_topk_composition_adds_up_and_matches_fa(scope):
+    from igtcga.metrics import topk_composition
+    rng = np.random.default_rng(3)
+    G, n = 60, 40
+    groups = rng.integers(0, 3, n)
+    informative = {0: np.arange(0, 15), 1: np.arange(10, 25), 2: np.arange(40, 50)}  # 0 and 1 share genes 10-14
+    A = rng.standard_normal((n, G))
+    for c, genes in informative.items(): A[np.ix_(groups == c, genes)] += 1.0
+    op = sp.random(G, G, density=0.05, random_state=4, format="csr") + sp.identity(G, format="csr")
+    for diffusion in (None, op):
+        comp = topk_composition(A, groups, informative, scope=scope, diffusion=diffusion)
+        np.testing.assert_allclose(comp[["own", "other", "none"]].sum(1), 100)
+        fa = FeatureAgreement(scope, diffusion=diffusion).evaluate_arrays(A, groups, informative)
+        np.testing.assert_allclose(comp.own, fa.fa)
+        # independent count with a full sort
+        S = A @ op.toarray() if diffusion is not None else A
+        S = S / np.linalg.norm(S, axis=1, keepdims=True)
+        union = np.zeros(G, bool); union[np.concatenate(list(informative.values()))] = True
+        for _, row in comp.iterrows():
+            sel, genes = S[groups == row.group], informative[row.group]
+            own = np.isin(np.arange(G), genes)
+            tops = np.argsort(-sel, axis=1, kind="stable")[:, :len(genes)] if scope == "local" else \
+                   np.argsort(-sel.sum(0), kind="stable")[None, :len(genes)]
+            assert np.isclose(row.other, 100 * (~own[tops] & union[tops]).mean())
+            assert np.isclose(row.none, 100 * (~union[tops]).mean())
