@@ -105,7 +105,7 @@ class Experiment:
     @classmethod
     def paper(cls, dataset:str="SIMU1", **kwargs)->Experiment:
         "The study's protocol: paper sample size, 10 seeds, 3000 IG steps, and the study's batch order (fixed for the simulations)."
-        fixed = dataset in DATASETS and DATASETS[dataset].kind == "simulation"  # the original reshuffled only the TCGA batches
+        fixed = dataset_info(dataset).kind == "simulation"  # the original reshuffled only the TCGA batches
         return cls(**{**dict(dataset=dataset, runs=10, n_samples=None, shuffle=not fixed), **kwargs})
 
     def to_dict(self)->dict:

@@ -461,6 +461,18 @@ def _mean_over_groups(table:pd.DataFrame, name:str, column:str="fa")->float:
     if empty.any(): warnings.warn(f"{name}: group(s) {table.group[empty].tolist()} have no correct sample and are left out")
     return float(table[column][~empty].mean()) if (~empty).any() else float("nan")
 
+# %% ../nbs/07_metrics.ipynb #5b52e551
+def _group_top(
+    sel:np.ndarray, # one group's rows × genes
+    k:int, # genes kept
+    scope:str, # "local": each row's top k; "global": the group's one top k
+    rule:str="rank_mean_scores", # global: rank the summed scores, or "intersect_rank_scores" (how often a gene is in a row's top k)
+)->np.ndarray: # rows × genes (local) or 1 × genes (global) boolean
+    "The top-k genes that FA counts: each row's, or the group's ranking (protocol §12, B11); ties in gene order."
+    if scope == "local": return _top_mask(sel, k)
+    score = sel.sum(0, dtype=np.float64) if rule == "rank_mean_scores" else _top_mask(sel, k).sum(0).astype(float)
+    return _top_mask(score[None], k)
+
 # %% ../nbs/07_metrics.ipynb #a0026e8a
 class FeatureAgreement:
     "Feature agreement (protocol §8.2): share of the top-k_c genes that are truly informative, in percent."
@@ -481,10 +493,8 @@ class FeatureAgreement:
 
     def _group_value(self, sel:np.ndarray, mask:np.ndarray)->float:
         "FA of one group's rows `sel` against its informative mask."
-        k = int(mask.sum())
-        if self.scope == "local": return (_top_mask(sel, k) & mask).sum() / (len(sel) * k)
-        if self.rule == "rank_mean_scores": return mask[_top(sel.sum(0, dtype=np.float64), k)].mean()
-        return mask[_top(_top_mask(sel, k).sum(0).astype(float), k)].mean()
+        top = _group_top(sel, int(mask.sum()), self.scope, self.rule)
+        return (top & mask).sum() / top.sum()
 
     def evaluate_arrays(self,
                         attributions, # samples × genes
@@ -592,13 +602,14 @@ def topk_composition(
     groups, # group (class or subclass) of each sample
     informative:dict, # group -> its informative gene indices
     correct=None, # boolean mask of the samples to use (default: all)
-    scope:str="local", # "local": each sample's top k; "global": the top k of the group's summed scores
+    scope:str="local", # "local": each sample's top k; "global": the top k of the group's ranking (by `rule`)
     diffusion=None, # diffusion operator Â applied first (as in the diffused FA), or None
     normalize:bool=True, # L2-normalise each sample first (after diffusion)
     importance:str="signed", # rank by "signed" attribution or by "abs" value
+    rule:str="rank_mean_scores", # global ranking, as in `FeatureAgreement`: "rank_mean_scores" or "intersect_rank_scores"
 )->pd.DataFrame: # one row per group: n_samples, k, own, other, none (% of the top-k genes)
     "Where each group's top-k genes come from: its own informative genes (FA), another group's only, or no group's."
-    _check_choice(scope, "scope", ("local", "global"))
+    _check_choice(scope, "scope", ("local", "global")); _check_choice(rule, "rule", ("rank_mean_scores", "intersect_rank_scores"))
     A, g, ok, studied, masks = _group_setup(attributions, groups, informative, correct, None, diffusion, normalize, importance)
     union = np.zeros(A.shape[1], bool)
     for genes in informative.values(): union[np.asarray(genes, dtype=np.int64)] = True
@@ -606,7 +617,7 @@ def topk_composition(
     for s in studied:
         sel, k = A[ok & (g == s)], int(masks[s].sum())
         if len(sel) == 0: rows.append(dict(group=s, n_samples=0, k=k, own=np.nan, other=np.nan, none=np.nan)); continue
-        top = _top_mask(sel, k) if scope == "local" else _top_mask(sel.sum(0, dtype=np.float64)[None], k)
+        top = _group_top(sel, k, scope, rule)
         n = top.sum()
         rows.append(dict(group=s, n_samples=len(sel), k=k, own=100 * (top & masks[s]).sum() / n,
                          other=100 * (top & ~masks[s] & union).sum() / n, none=100 * (top & ~union).sum() / n))

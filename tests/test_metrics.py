@@ -926,6 +926,8 @@ def test_topk_composition_adds_up_and_matches_fa(scope):
         np.testing.assert_allclose(comp[["own", "other", "none"]].sum(1), 100)
         fa = FeatureAgreement(scope, diffusion=diffusion).evaluate_arrays(A, groups, informative)
         np.testing.assert_allclose(comp.own, fa.fa)
+        np.testing.assert_allclose(topk_composition(A, groups, informative, scope=scope, diffusion=diffusion, rule="intersect_rank_scores").own,
+                                   FeatureAgreement(scope, "intersect_rank_scores", diffusion=diffusion).evaluate_arrays(A, groups, informative).fa)
         # independent count with a full sort
         S = A @ op.toarray() if diffusion is not None else A
         S = S / np.linalg.norm(S, axis=1, keepdims=True)
